@@ -1,0 +1,117 @@
+"""VGG16, split where FCN taps it: pool3 (stride 8), pool4 (stride 16), pool5 (stride 32).
+
+fc6 and fc7 are convolutions (7x7 and 1x1). fc6 is padded by 3 so that a stride-32 map of
+any size keeps its size through the head; that, with floor pooling and inputs padded to a
+multiple of 32, keeps every stage exactly aligned with the image (see `models.py`).
+
+`width` scales every channel count, so the same architecture trains on a laptop CPU.
+"""
+
+import os
+from collections import OrderedDict
+from urllib.error import URLError
+
+import torch
+from torch import nn
+
+# (channels, convolutions) of VGG16's five stages; fc6/fc7 have 4096 channels.
+VGG16_STAGES = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+VGG16_FC = 4096
+
+
+def scaled(channels: int, width: float) -> int:
+    return max(1, round(channels * width))
+
+
+def _stage(index: int, in_channels: int, out_channels: int, convs: int) -> nn.Sequential:
+    layers = OrderedDict()
+    for j in range(1, convs + 1):
+        layers[f"conv{index}_{j}"] = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        layers[f"relu{index}_{j}"] = nn.ReLU(inplace=True)
+        in_channels = out_channels
+    layers[f"pool{index}"] = nn.MaxPool2d(2, stride=2)
+    return nn.Sequential(layers)
+
+
+class VGG16Backbone(nn.Module):
+    """conv1_1 ... pool5, then fc6 (7x7, padding 3) and fc7 (1x1) as convolutions.
+
+    `to_pool3`, `to_pool4`, `to_pool5` and `head` run one after the other; FCN reads the
+    outputs of the first three stages and of the head.
+    """
+
+    def __init__(self, width: float = 1.0, dropout: float = 0.5):
+        super().__init__()
+        if not width > 0:
+            raise ValueError(f"width must be positive, got {width!r}")
+        self.width = width
+        channels = [scaled(c, width) for c, _ in VGG16_STAGES]
+        fc = scaled(VGG16_FC, width)
+        stages, c_in = [], 3
+        for i, ((_, convs), c_out) in enumerate(zip(VGG16_STAGES, channels, strict=True), 1):
+            stages.append(_stage(i, c_in, c_out, convs))
+            c_in = c_out
+        self.to_pool3 = nn.Sequential(*stages[:3])  # stride 8
+        self.to_pool4 = stages[3]  # stride 16
+        self.to_pool5 = stages[4]  # stride 32
+        self.head = nn.Sequential(
+            OrderedDict(
+                fc6=nn.Conv2d(channels[4], fc, 7, padding=3),
+                relu6=nn.ReLU(inplace=True),
+                drop6=nn.Dropout2d(dropout),
+                fc7=nn.Conv2d(fc, fc, 1),
+                relu7=nn.ReLU(inplace=True),
+                drop7=nn.Dropout2d(dropout),
+            )
+        )
+        self.channels = {"pool3": channels[2], "pool4": channels[3], "fc7": fc}
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        pool3 = self.to_pool3(x)
+        pool4 = self.to_pool4(pool3)
+        fc7 = self.head(self.to_pool5(pool4))
+        return {"pool3": pool3, "pool4": pool4, "fc7": fc7}
+
+    def conv_layers(self) -> list[nn.Conv2d]:
+        """conv1_1 ... conv5_3, in order (the 13 convolutions ImageNet weights fill)."""
+        return [m for s in (self.to_pool3, self.to_pool4, self.to_pool5) for m in s.modules()
+                if isinstance(m, nn.Conv2d)]
+
+    @torch.no_grad()
+    def load_vgg16(self, vgg: nn.Module) -> None:
+        """Copy a torchvision VGG16's weights: 13 convs as they are, fc6/fc7 reshaped to convs."""
+        if self.width != 1.0:
+            raise ValueError(f"ImageNet VGG16 weights need width=1.0, this backbone has width={self.width}")
+        src_convs = [m for m in vgg.features if isinstance(m, nn.Conv2d)]
+        fc6, fc7 = vgg.classifier[0], vgg.classifier[3]
+        for dst, src in zip(self.conv_layers(), src_convs, strict=True):
+            dst.weight.copy_(src.weight)
+            dst.bias.copy_(src.bias)
+        self.head.fc6.weight.copy_(fc6.weight.reshape(self.head.fc6.weight.shape))
+        self.head.fc6.bias.copy_(fc6.bias)
+        self.head.fc7.weight.copy_(fc7.weight.reshape(self.head.fc7.weight.shape))
+        self.head.fc7.bias.copy_(fc7.bias)
+
+
+def imagenet_vgg16(progress: bool = True) -> nn.Module:
+    """torchvision's VGG16 with `VGG16_Weights.IMAGENET1K_V1`, from the cache under TORCH_HOME.
+
+    Offline and not cached, this fails with a message saying what to download and where,
+    instead of a stack of socket errors.
+    """
+    from torchvision.models import VGG16_Weights, vgg16
+
+    weights = VGG16_Weights.IMAGENET1K_V1
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
+    try:
+        return vgg16(weights=weights, progress=progress)
+    except (URLError, OSError, RuntimeError) as err:
+        if os.path.exists(cached):
+            raise RuntimeError(f"the cached ImageNet VGG16 weights at {cached} could not be "
+                               f"loaded ({err}); delete the file and download it again") from err
+        raise RuntimeError(
+            "ImageNet VGG16 weights are not cached and could not be downloaded "
+            f"({type(err).__name__}: {err}).\nOn a machine with internet, download\n  {weights.url}\n"
+            f"and put it at\n  {cached}\n(that folder is $TORCH_HOME/hub/checkpoints; TORCH_HOME is "
+            f"currently {os.environ.get('TORCH_HOME', 'unset, so ~/.cache/torch')})."
+        ) from None
