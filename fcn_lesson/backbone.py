@@ -23,10 +23,13 @@ def scaled(channels: int, width: float) -> int:
     return max(1, round(channels * width))
 
 
-def _stage(index: int, in_channels: int, out_channels: int, convs: int) -> nn.Sequential:
+def _stage(index: int, in_channels: int, out_channels: int, convs: int,
+           batch_norm: bool) -> nn.Sequential:
     layers = OrderedDict()
     for j in range(1, convs + 1):
         layers[f"conv{index}_{j}"] = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        if batch_norm:
+            layers[f"bn{index}_{j}"] = nn.BatchNorm2d(out_channels)
         layers[f"relu{index}_{j}"] = nn.ReLU(inplace=True)
         in_channels = out_channels
     layers[f"pool{index}"] = nn.MaxPool2d(2, stride=2)
@@ -38,18 +41,22 @@ class VGG16Backbone(nn.Module):
 
     `to_pool3`, `to_pool4`, `to_pool5` and `head` run one after the other; FCN reads the
     outputs of the first three stages and of the head.
+
+    batch_norm=True puts a BatchNorm after every conv (as torchvision's vgg16_bn). The paper
+    has none: it starts from ImageNet weights. The classroom models train from scratch in
+    minutes on a CPU, which a plain 15-layer VGG does not do.
     """
 
-    def __init__(self, width: float = 1.0, dropout: float = 0.5):
+    def __init__(self, width: float = 1.0, dropout: float = 0.5, batch_norm: bool = False):
         super().__init__()
         if not width > 0:
             raise ValueError(f"width must be positive, got {width!r}")
-        self.width = width
+        self.width, self.batch_norm = width, batch_norm
         channels = [scaled(c, width) for c, _ in VGG16_STAGES]
         fc = scaled(VGG16_FC, width)
         stages, c_in = [], 3
         for i, ((_, convs), c_out) in enumerate(zip(VGG16_STAGES, channels, strict=True), 1):
-            stages.append(_stage(i, c_in, c_out, convs))
+            stages.append(_stage(i, c_in, c_out, convs, batch_norm))
             c_in = c_out
         self.to_pool3 = nn.Sequential(*stages[:3])  # stride 8
         self.to_pool4 = stages[3]  # stride 16
@@ -65,6 +72,12 @@ class VGG16Backbone(nn.Module):
             )
         )
         self.channels = {"pool3": channels[2], "pool4": channels[3], "fc7": fc}
+        # As torchvision's VGG: without it 15 plain ReLU layers trained from scratch (the
+        # classroom models) start with a vanishing signal.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         pool3 = self.to_pool3(x)
@@ -80,8 +93,9 @@ class VGG16Backbone(nn.Module):
     @torch.no_grad()
     def load_vgg16(self, vgg: nn.Module) -> None:
         """Copy a torchvision VGG16's weights: 13 convs as they are, fc6/fc7 reshaped to convs."""
-        if self.width != 1.0:
-            raise ValueError(f"ImageNet VGG16 weights need width=1.0, this backbone has width={self.width}")
+        if self.width != 1.0 or self.batch_norm:
+            raise ValueError("ImageNet VGG16 weights need width=1.0 and batch_norm=False, this "
+                             f"backbone has width={self.width}, batch_norm={self.batch_norm}")
         src_convs = [m for m in vgg.features if isinstance(m, nn.Conv2d)]
         fc6, fc7 = vgg.classifier[0], vgg.classifier[3]
         for dst, src in zip(self.conv_layers(), src_convs, strict=True):

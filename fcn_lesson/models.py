@@ -59,12 +59,13 @@ class FCN(nn.Module):
     skips = 0
     variant = "fcn"
 
-    def __init__(self, num_classes: int = 21, width: float = 1.0, dropout: float = 0.5):
+    def __init__(self, num_classes: int = 21, width: float = 1.0, dropout: float = 0.5,
+                 batch_norm: bool = False):
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-        self.num_classes, self.width = num_classes, width
-        self.backbone = VGG16Backbone(width, dropout)
+        self.num_classes, self.width, self.batch_norm = num_classes, width, batch_norm
+        self.backbone = VGG16Backbone(width, dropout, batch_norm)
         ch = self.backbone.channels
         self.score_fr = _zero_conv(ch["fc7"], num_classes)
         if self.skips >= 1:
@@ -122,11 +123,13 @@ class FCN(nn.Module):
         """Stage-wise initialisation (paper, Sec. 4.2): copy every layer `coarser` shares with
         this net (backbone, score_fr, and upscore2 / score_pool4 going 16s -> 8s); the new
         skip's score layer stays zero, so at first this net predicts what `coarser` does."""
-        if (coarser.num_classes, coarser.width) != (self.num_classes, self.width):
+        mine = (self.num_classes, self.width, self.batch_norm)
+        if (coarser.num_classes, coarser.width, coarser.batch_norm) != mine:
             raise ValueError(
                 f"cannot initialise a {self.variant} (num_classes={self.num_classes}, width="
-                f"{self.width}) from a {coarser.variant} with num_classes={coarser.num_classes}, "
-                f"width={coarser.width}")
+                f"{self.width}, batch_norm={self.batch_norm}) from a {coarser.variant} with "
+                f"num_classes={coarser.num_classes}, width={coarser.width}, "
+                f"batch_norm={coarser.batch_norm}")
         if coarser.skips >= self.skips:
             raise ValueError(f"{self.variant} is initialised from a coarser net, not {coarser.variant}")
         own = self.state_dict()

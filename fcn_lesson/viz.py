@@ -163,7 +163,10 @@ def show_samples(
     )
     for r, idx in enumerate(indices):
         image, target = dataset[idx]
-        panels = [(to_numpy_image(image), f"image #{idx}"), (colorize(target, palette), "ground truth")]
+        panels = [
+            (to_numpy_image(image), f"image #{idx}"),
+            (colorize(target, palette), "ground truth"),
+        ]
         for name, preds in predictions.items():
             pred = _mask_array(preds[r])
             if pred.shape != tuple(target.shape):
@@ -172,7 +175,7 @@ def show_samples(
                     f"ground truth {tuple(target.shape)}"
                 )
             panels.append((colorize(pred, palette), str(name)))
-        for ax, (picture, title) in zip(axes[r], panels):
+        for ax, (picture, title) in zip(axes[r], panels, strict=True):
             ax.imshow(picture, interpolation="nearest")
             ax.set_title(title, fontsize=9)
             ax.axis("off")

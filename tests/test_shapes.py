@@ -186,7 +186,7 @@ def test_objects_contrast_with_background(samples200):
 
 def test_background_is_textured(tensors200):
     images, masks = tensors200
-    for x, m in zip(images[:20], masks[:20]):
+    for x, m in zip(images[:20], masks[:20], strict=True):
         bg = x[:, m == 0]
         assert bg.std(dim=1).max() > 0.03, "background is not a flat colour"
 

@@ -316,3 +316,36 @@ def test_safe_extract_roundtrips_a_fake_voc_tree(tmp_path):
         tar.add(src / "VOCdevkit", arcname="VOCdevkit")
     dest = safe_extract(archive, tmp_path / "dest")
     assert len(VOCSegmentation(dest, image_set="trainval")) == 2
+
+
+# ---------------------------------------------------------------------------- download flow
+
+
+def test_download_flow_uses_torchvision_checksum_and_safe_extract(tmp_path, monkeypatch):
+    """The download path, with torchvision's downloader replaced by a local copy (no network)."""
+    import torchvision.datasets.utils as tv_utils
+
+    src = fake_voc_tree(tmp_path / "src", num_images=2, size=(20, 24))
+    calls = []
+
+    def fake_download_url(url, root, filename=None, md5=None):
+        calls.append((url, filename, md5))
+        with tarfile.open(Path(root) / filename, "w") as tar:
+            tar.add(src / "VOCdevkit", arcname="VOCdevkit")
+
+    monkeypatch.setattr(tv_utils, "download_url", fake_download_url)
+    root = tmp_path / "voc"
+    ds = VOCSegmentation(root, download=True)
+    assert len(ds) == 1 and ds[0][1].shape == (20, 24)
+    (url, filename, md5) = calls[0]
+    assert filename == "VOCtrainval_11-May-2012.tar" and url.endswith(filename)
+    assert md5 == "6cd6e144f989b92b3379bac3b3de84fd"
+    VOCSegmentation(root, download=True)  # already complete: no second download
+    assert len(calls) == 1
+
+    def offline(url, root, filename=None, md5=None):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(tv_utils, "download_url", offline)
+    with pytest.raises(RuntimeError, match="offline"):
+        VOCSegmentation(tmp_path / "elsewhere", download=True)

@@ -1,0 +1,3 @@
+from fcn_lesson.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,63 @@
+"""The classroom setting: small FCNs trained on ShapesDataset, shipped in `data/`.
+
+Everything a notebook needs to get a trained model offline in a second:
+`load_classroom_model("fcn8s")`. The checkpoints are made by `python -m fcn_lesson train`
+with these settings (the exact commands and the metrics reached are in data/README.md).
+"""
+
+import os
+from pathlib import Path
+
+from fcn_lesson.models import FCN, VARIANTS
+from fcn_lesson.shapes import ShapesDataset
+
+# One eighth of VGG16's channels (8 ... 64, fc 512) with BatchNorm: ~2.1M parameters, trains
+# from scratch in minutes on a laptop CPU; the architecture is otherwise the paper's.
+WIDTH = 0.125
+BATCH_NORM = True
+IMAGE_SIZE = 128
+TRAIN_SEED, VAL_SEED = 0, 1  # test/notebook evaluation uses seeds never seen in training
+EVAL_SEED = 2026
+STAGES = ("fcn32s", "fcn16s", "fcn8s")  # stage-wise: each initialised from the one before
+
+
+def data_dir() -> Path:
+    """The folder with the shipped checkpoints (override with FCN_LESSON_DATA)."""
+    return Path(os.environ.get("FCN_LESSON_DATA", Path(__file__).resolve().parent.parent / "data"))
+
+
+def checkpoint_path(variant: str) -> Path:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    return data_dir() / f"{variant}.pt"
+
+
+def num_classes() -> int:
+    return len(ShapesDataset.classes)
+
+
+def make_classroom_model(variant: str, dropout: float = 0.0) -> FCN:
+    """An untrained model with the classroom settings."""
+    return VARIANTS[variant](num_classes=num_classes(), width=WIDTH, dropout=dropout,
+                             batch_norm=BATCH_NORM)
+
+
+def load_classroom_model(variant: str, device=None) -> FCN:
+    """The shipped, trained classroom checkpoint for `variant`, in eval mode, offline."""
+    from fcn_lesson.train import load_checkpoint, pick_device
+
+    path = checkpoint_path(variant)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no classroom checkpoint at {path}. It ships with the repository (data/); if you "
+            f"deleted it, restore it with `git checkout -- data/` or train it again with the "
+            f"commands in data/README.md (python -m fcn_lesson train --variant {variant} ...).")
+    model, _ = load_checkpoint(path, variant=variant, num_classes=num_classes(), width=WIDTH,
+                               device=pick_device(device))
+    return model
+
+
+def validation_set(num_images: int = 100, image_size: int | tuple[int, int] = IMAGE_SIZE,
+                   seed: int = EVAL_SEED) -> ShapesDataset:
+    """Fresh images from a seed never used in training."""
+    return ShapesDataset(num_images, image_size, seed=seed)

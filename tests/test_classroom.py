@@ -1,0 +1,77 @@
+"""The shipped classroom checkpoints: offline, and as good as data/README.md says.
+
+Evaluated here on fresh images (a seed never used in training), not copied from a file.
+"""
+
+import pytest
+import torch
+
+from fcn_lesson import classroom
+from fcn_lesson.classroom import load_classroom_model, validation_set
+from fcn_lesson.train import CheckpointError, evaluate, load_checkpoint
+
+MIN_MEAN_IOU = {"fcn32s": 0.50, "fcn16s": 0.70, "fcn8s": 0.85}
+
+
+@pytest.fixture(scope="module")
+def scores():
+    torch.manual_seed(0)
+    out = {}
+    for size in (128, 150):
+        data = validation_set(100, size)
+        for variant in classroom.STAGES:
+            out[variant, size] = evaluate(load_classroom_model(variant, device="cpu"), data)
+    return out
+
+
+@pytest.mark.parametrize("variant", classroom.STAGES)
+def test_checkpoint_loads_offline_in_eval_mode(variant):
+    model = load_classroom_model(variant, device="cpu")
+    assert model.variant == variant and not model.training
+    assert model.num_classes == 6 and model.width == classroom.WIDTH
+    x = torch.rand(1, 3, 97, 131)
+    assert model(x).shape == (1, 6, 97, 131)
+
+
+@pytest.mark.parametrize("variant", classroom.STAGES)
+def test_mean_iou_at_128(scores, variant):
+    assert scores[variant, 128]["mean_iou"] >= MIN_MEAN_IOU[variant]
+
+
+def test_the_papers_trend(scores):
+    for size in (128, 150):
+        miou = [scores[v, size]["mean_iou"] for v in classroom.STAGES]
+        assert miou[0] < miou[1] < miou[2], (size, miou)
+        boundary = [scores[v, size]["boundary_acc"] for v in classroom.STAGES]
+        assert boundary[0] < boundary[2], (size, boundary)
+
+
+@pytest.mark.parametrize("variant", classroom.STAGES)
+def test_sizes_off_the_32_grid_keep_quality(scores, variant):
+    assert scores[variant, 150]["mean_iou"] >= 0.9 * scores[variant, 128]["mean_iou"]
+
+
+def test_shipped_metadata_describes_the_training():
+    for variant in classroom.STAGES:
+        _, meta = load_checkpoint(classroom.checkpoint_path(variant))
+        assert meta["classes"] == list(validation_set(1).classes)
+        assert meta["dataset"]["train_seed"] != classroom.EVAL_SEED
+        assert meta["dataset"]["val_seed"] != classroom.EVAL_SEED
+        expected_init = {"fcn32s": "scratch", "fcn16s": "data/fcn32s.pt", "fcn8s": "data/fcn16s.pt"}
+        assert meta["training"]["init"] == expected_init[variant]
+    assert sum(p.stat().st_size for p in classroom.data_dir().iterdir()) < 30e6
+
+
+def test_missing_checkpoint_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("FCN_LESSON_DATA", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="git checkout -- data/"):
+        load_classroom_model("fcn8s")
+    with pytest.raises(ValueError, match="unknown variant"):
+        load_classroom_model("fcn4s")
+
+
+def test_checkpoint_of_another_variant_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "fcn8s.pt").write_bytes(classroom.checkpoint_path("fcn16s").read_bytes())
+    monkeypatch.setenv("FCN_LESSON_DATA", str(tmp_path))
+    with pytest.raises(CheckpointError, match="holds a fcn16s"):
+        load_classroom_model("fcn8s")
