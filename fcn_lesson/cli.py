@@ -1,85 +1,224 @@
-"""Command line: python -m fcn_lesson {train,evaluate,predict} --help."""
+"""Command line: python -m fcn_lesson {train,evaluate,predict} --help.
+
+Two datasets: the classroom shapes (the default: offline, minutes on a laptop CPU) and
+PASCAL VOC with the paper's recipe (`--dataset voc`). Every command also runs under
+`torchrun --nproc_per_node=N` (several GPUs, or several CPU processes) unchanged.
+"""
 
 import argparse
 import json
+import math
+import os
 import sys
 import time
 from pathlib import Path
 
-from fcn_lesson import classroom
+from fcn_lesson import classroom, distributed
 from fcn_lesson.models import VARIANTS
+from fcn_lesson.train import PAPER_RECIPE
 
-EPILOG = """examples:
+EPILOG = """examples (classroom shapes, offline):
   python -m fcn_lesson train --variant fcn32s --epochs 12 --out data/fcn32s.pt
   python -m fcn_lesson train --variant fcn16s --init data/fcn32s.pt --out data/fcn16s.pt
   python -m fcn_lesson evaluate --checkpoint data/fcn8s.pt --image-size 150
   python -m fcn_lesson predict photo.png --variant fcn8s --out photo_mask.png
+
+examples (full mode: ImageNet VGG16 + PASCAL VOC, the paper's recipe, stage-wise):
+  python -m fcn_lesson train --dataset voc --data-root ~/data/voc --download \\
+      --variant fcn32s --init imagenet --out runs/fcn32s.pt
+  python -m fcn_lesson train --dataset voc --variant fcn16s --init runs/fcn32s.pt --out runs/fcn16s.pt
+  torchrun --nproc_per_node=4 -m fcn_lesson train --dataset voc \\
+      --variant fcn8s --init runs/fcn16s.pt --out runs/fcn8s.pt
+  python -m fcn_lesson evaluate --dataset voc --checkpoint runs/fcn8s.pt
 """
 
+# Defaults that differ between the classroom and the paper's recipe (flags left unset take these).
+RECIPES = {
+    "shapes": {"optimizer": "adam", "lr": 3e-3, "schedule": "cosine", "weight_decay": 0.0,
+               "batch_size": 16, "epochs": 10, "dropout": 0.0, "width": classroom.WIDTH,
+               "train_images": 2000, "val_images": 200, "num_workers": 0},
+    "voc": {**PAPER_RECIPE, "epochs": 50, "dropout": 0.5, "width": 1.0,
+            "train_images": None, "val_images": None, "num_workers": 4},
+}
+EVAL_DEFAULTS = {"shapes": {"images": 200, "batch_size": 16}, "voc": {"images": None, "batch_size": 1}}
 
-def _train(args) -> int:
-    import torch
+LR_HELP = f"""learning rate (default: {RECIPES['shapes']['lr']:g} for shapes, with cosine decay; for voc,
+fixed, {RECIPES['voc']['lr']:g} for a net started from ImageNet and 100x smaller per stage when started
+from a coarser FCN: 1e-6 for fcn16s, 1e-8 for fcn8s, as the paper). The loss is the MEAN over labelled
+pixels. The paper's reference solvers used 1e-10, 1e-12, 1e-14 with momentum 0.99 on a loss SUMMED over
+the ~500x375 pixels of one image: a mean loss has gradients ~1.9e5 times smaller, so its rate is ~1.9e5
+times larger (1e-10 -> 2e-5), and momentum 0.9 takes strides 10x shorter than 0.99 (lr / (1 -
+momentum)), hence ~2e-4; the CVPR paper used 1e-4 with batch 20 (fcn_lesson.train.mean_loss_lr)"""
 
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except None (those depend on --dataset and say so in their help)."""
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _resolve(args, defaults: dict) -> None:
+    for key, value in defaults.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+
+
+def _say(*args, **kwargs) -> None:
+    if distributed.is_main():
+        print(*args, **kwargs)
+
+
+# --- train -----------------------------------------------------------------------------
+
+def _shapes_data(args):
     from fcn_lesson.shapes import ShapesDataset
-    from fcn_lesson.train import load_checkpoint, train_or_load
-
-    torch.manual_seed(args.seed)
-    init = None
-    if args.init:
-        init, _ = load_checkpoint(args.init)
-        if init.skips >= VARIANTS[args.variant].skips:
-            print(f"error: --init must be a coarser net than {args.variant} "
-                  f"(fcn32s -> fcn16s -> fcn8s), {args.init} holds a {init.variant}", file=sys.stderr)
-            return 2
-
-    def make_model():
-        model = classroom.make_classroom_model(args.variant, dropout=args.dropout)
-        if args.width is not None and args.width != classroom.WIDTH:
-            model = VARIANTS[args.variant](num_classes=model.num_classes, width=args.width,
-                                           dropout=args.dropout, batch_norm=classroom.BATCH_NORM)
-        return model.init_from(init) if init is not None else model
 
     train = ShapesDataset(args.train_images, args.image_size, seed=args.seed)
     val = ShapesDataset(args.val_images, args.image_size, seed=args.val_seed)
+    dataset = {"name": "shapes", "image_size": args.image_size,
+               "train_images": args.train_images, "train_seed": args.seed,
+               "val_images": args.val_images, "val_seed": args.val_seed}
+    return train, val, list(train.classes), dataset, {}
+
+
+def _voc_data(args):
+    from fcn_lesson import voc
+
+    root = Path(args.data_root).expanduser()
+    if args.download:
+        if distributed.is_main():  # one download, then everybody reads it
+            voc.download_voc(root, args.year)
+        distributed.barrier()
+    for split in (args.train_split, args.val_split):
+        voc.check_voc_root(root, args.year, split)  # what is missing and how to get it
+    # crop-size 0: whole images without augmentation, as the paper (use --batch-size 1 then).
+    augment = (voc.train_transforms(args.crop_size, tuple(args.scale)) if args.crop_size
+               else voc.eval_transforms())
+    train = voc.VOCSegmentation(root, args.year, args.train_split, transforms=augment, seed=args.seed,
+                                num_images=args.train_images)
+    val = voc.VOCSegmentation(root, args.year, args.val_split, num_images=args.val_images)
+    dataset = {"name": "voc", "year": args.year, "root": str(root), "train_split": args.train_split,
+               "val_split": args.val_split, "train_images": len(train), "val_images": len(val),
+               "crop_size": args.crop_size, "scale": list(args.scale)}
+    # Validation one image at a time: padding to a common size would change the predictions.
+    return train, val, list(voc.VOC_CLASSES), dataset, {"collate_fn": voc.pad_collate, "val_batch_size": 1}
+
+
+def _train(args) -> int:
+    if args.dataset == "voc" and args.lr is None and args.init not in (None, "imagenet"):
+        # Stage-wise (paper, Sec. 4.2): a net started from a coarser FCN learns 100x slower.
+        args.lr = RECIPES["voc"]["lr"] * 0.01 ** VARIANTS[args.variant].skips
+    _resolve(args, RECIPES[args.dataset])
+    with distributed.process_group(args.device) as device:
+        return _train_on(args, device)
+
+
+def _train_on(args, device) -> int:
+    import torch
+
+    from fcn_lesson.backbone import imagenet_vgg16
+    from fcn_lesson.train import load_checkpoint, train_or_load
+
+    batch_norm = args.dataset == "shapes" and classroom.BATCH_NORM
+    if args.init == "imagenet" and (args.width != 1.0 or batch_norm):
+        print("error: --init imagenet needs the full VGG16 without BatchNorm: use --dataset voc and "
+              f"--width 1 (got --dataset {args.dataset}, --width {args.width})", file=sys.stderr)
+        return 2
+    train, val, classes, dataset, data_kwargs = (_voc_data if args.dataset == "voc" else _shapes_data)(args)
     out = Path(args.out or f"checkpoints/{args.variant}.pt")
-    meta = {"classes": list(train.classes),
-            "dataset": {"name": "shapes", "image_size": args.image_size,
-                        "train_images": args.train_images, "train_seed": args.seed,
-                        "val_images": args.val_images, "val_seed": args.val_seed},
-            "training": {"init": args.init or "scratch", "command": " ".join(sys.argv)},
+    state_path = out.with_name(f"{out.stem}.resume{out.suffix}")
+    resuming = args.resume and state_path.exists()  # the saved state replaces any initialisation
+
+    torch.manual_seed(args.seed)
+    init = vgg = None
+    if args.init and not resuming:
+        if args.init == "imagenet":
+            if not distributed.is_main():
+                distributed.barrier()  # rank 0 downloads the weights (once) into the cache
+            vgg = imagenet_vgg16(progress=distributed.is_main())
+            if distributed.is_main():
+                distributed.barrier()
+        else:
+            init, _ = load_checkpoint(args.init)
+            if init.skips >= VARIANTS[args.variant].skips:
+                print(f"error: --init must be a coarser net than {args.variant} "
+                      f"(fcn32s -> fcn16s -> fcn8s), {args.init} holds a {init.variant}", file=sys.stderr)
+                return 2
+
+    def make_model():
+        model = VARIANTS[args.variant](num_classes=len(classes), width=args.width,
+                                       dropout=args.dropout, batch_norm=batch_norm)
+        if vgg is not None:
+            return model.init_from_imagenet(vgg)
+        return model.init_from(init) if init is not None else model
+
+    meta = {"classes": classes, "dataset": dataset,
+            "training": {"init": args.init or "scratch", "processes": distributed.world_size(),
+                         "command": "python -m fcn_lesson " + " ".join(sys.argv[1:])},
             "half": args.half}
     start = time.perf_counter()
     model, meta = train_or_load(
         out, make_model, train, val, retrain=True, checkpoint_meta=meta, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-        weight_decay=args.weight_decay, seed=args.seed, device=args.device)
-    print(f"saved {out} after {time.perf_counter() - start:.0f} s")
-    print(json.dumps({k: round(v, 4) for k, v in meta["metrics"].items()
-                      if isinstance(v, float)}, indent=1))
+        batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, momentum=args.momentum,
+        weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed, device=device,
+        num_workers=args.num_workers, state_path=state_path, save_every=args.save_every,
+        resume=args.resume, **data_kwargs)
+    _say(f"saved {out} after {time.perf_counter() - start:.0f} s")
+    _say(json.dumps({k: round(v, 4) for k, v in meta["metrics"].items() if isinstance(v, float)}, indent=1))
     return 0
 
 
-def _load(args):
+# --- evaluate, predict -----------------------------------------------------------------
+
+def _load(args, device=None):
+    """(model, dataset name it was trained on)."""
     from fcn_lesson.train import load_checkpoint
 
     if args.checkpoint:
-        model, _ = load_checkpoint(args.checkpoint, device=args.device)
-        return model
-    return classroom.load_classroom_model(args.variant, device=args.device)
+        model, meta = load_checkpoint(args.checkpoint, device=device or args.device)
+        return model, meta.get("dataset", {}).get("name", "shapes")
+    return classroom.load_classroom_model(args.variant, device=device or args.device), "shapes"
 
 
 def _evaluate(args) -> int:
-    from fcn_lesson.shapes import ShapesDataset
+    _resolve(args, EVAL_DEFAULTS[args.dataset])
+    with distributed.process_group(args.device) as device:
+        return _evaluate_on(args, device)
+
+
+def _evaluate_on(args, device) -> int:
     from fcn_lesson.train import evaluate
 
-    model = _load(args)
-    data = ShapesDataset(args.images, args.image_size, seed=args.seed)
-    scores = evaluate(model, data, batch_size=args.batch_size, progress=True)
+    model, _ = _load(args, device)
+    if args.dataset == "voc":
+        from fcn_lesson import voc
+
+        data = voc.VOCSegmentation(Path(args.data_root).expanduser(), args.year, args.split,
+                                   num_images=args.images)
+        classes, about = voc.VOC_CLASSES, {"split": args.split, "year": args.year}
+    else:
+        from fcn_lesson.shapes import ShapesDataset
+
+        data = ShapesDataset(args.images, args.image_size, seed=args.seed)
+        classes, about = data.classes, {"image_size": args.image_size, "seed": args.seed}
+    if model.num_classes != len(classes):
+        print(f"error: the model predicts {model.num_classes} classes, the {args.dataset} data has "
+              f"{len(classes)}; pass --dataset for the data it was trained on", file=sys.stderr)
+        return 2
+    from fcn_lesson.voc import pad_collate
+
+    scores = evaluate(model, data, batch_size=args.batch_size, progress=True,
+                      collate_fn=pad_collate if args.dataset == "voc" else None)
     row = {k: round(scores[k], 4) for k in
            ("pixel_acc", "mean_acc", "mean_iou", "fw_iou", "boundary_acc")}
-    row["iou"] = {c: round(v, 4) for c, v in zip(data.classes, scores["iou"].tolist(), strict=True)}
-    print(json.dumps({"variant": model.variant, "image_size": args.image_size,
-                      "images": args.images, "seed": args.seed, **row}, indent=1))
+    # null, not NaN (invalid JSON), for a class in neither the ground truth nor the predictions
+    row["iou"] = {c: None if math.isnan(v) else round(v, 4)
+                  for c, v in zip(classes, scores["iou"].tolist(), strict=True)}
+    _say(json.dumps({"variant": model.variant, "dataset": args.dataset, **about,
+                     "images": len(data), **row}, indent=1))
     return 0
 
 
@@ -100,67 +239,121 @@ def _predict(args) -> int:
     except OSError as err:
         print(f"error: cannot read {path} as an image ({err})", file=sys.stderr)
         return 2
-    model = _load(args)
-    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    model, dataset = _load(args)
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+    if dataset == "voc":  # ImageNet normalisation and the VOC palette
+        from torchvision import tv_tensors
+
+        from fcn_lesson.voc import VOC_CLASSES, VOC_PALETTE, eval_transforms
+
+        x = eval_transforms()(tv_tensors.Image(pixels)).as_subclass(torch.Tensor)[None]
+        classes, palette = VOC_CLASSES, VOC_PALETTE[:len(VOC_CLASSES)]
+    else:  # the classroom models take [0, 1] images
+        from fcn_lesson.shapes import CLASSES, PALETTE
+
+        x = pixels.float()[None] / 255
+        classes, palette = CLASSES, PALETTE
     mask = predict(model, x)[0]
     out = Path(args.out or path.with_name(f"{path.stem}_{model.variant}_mask.png"))
-    Image.fromarray(colorize(mask)).save(out)
+    Image.fromarray(colorize(mask, palette)).save(out)
     counts = torch.bincount(mask.flatten(), minlength=model.num_classes)
-    from fcn_lesson.shapes import CLASSES
-
-    found = ", ".join(f"{CLASSES[c]} {100 * n / mask.numel():.1f}%"
+    found = ", ".join(f"{classes[c]} {100 * n / mask.numel():.1f}%"
                       for c, n in enumerate(counts.tolist()) if n)
     print(f"wrote {out} ({image.width}x{image.height}): {found}")
     return 0
 
 
+# --- parser ----------------------------------------------------------------------------
+
+def _voc_arguments(p: argparse.ArgumentParser, download: bool = False) -> argparse._ArgumentGroup:
+    g = p.add_argument_group("PASCAL VOC (--dataset voc)")
+    g.add_argument("--data-root", default=os.environ.get("FCN_LESSON_VOC", "~/data/voc"),
+                   help="the folder that contains VOCdevkit/ (default from $FCN_LESSON_VOC if set)"
+                        + (" (see --download)" if download else ""))
+    g.add_argument("--year", default="2012", help="VOC year (2007-2012)")
+    if download:
+        g.add_argument("--download", action="store_true",
+                       help="download the VOC archive (about 2 GB, MD5-checked) into --data-root if missing")
+    return g
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m fcn_lesson", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Train, evaluate and run the lesson's FCNs (classroom shapes data by default).",
+        description="Train, evaluate and run the lesson's FCNs: classroom shapes data by default, "
+                    "PASCAL VOC with --dataset voc. Every command also runs under "
+                    "torchrun --nproc_per_node=N.",
         epilog=EPILOG)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    t = sub.add_parser("train", formatter_class=_HelpFormatter,
                        help="train an FCN and save a checkpoint",
-                       description="Train an FCN on the classroom shapes data and save a checkpoint "
-                                   "(written atomically; loads back with load_checkpoint). Stage-wise as "
-                                   "in the paper: train fcn32s, then fcn16s --init fcn32s.pt, then fcn8s "
-                                   "--init fcn16s.pt.")
+                       description="Train an FCN and save a checkpoint (written atomically; loads back "
+                                   "with load_checkpoint). Stage-wise as in the paper: train fcn32s, then "
+                                   "fcn16s --init fcn32s.pt, then fcn8s --init fcn16s.pt. The training "
+                                   "state is saved to OUT's .resume.pt after every epoch (and every "
+                                   "--save-every steps): an interrupted run continues where it stopped "
+                                   "when the same command is run again. Under torchrun the same command "
+                                   "trains data-parallel (DDP; --batch-size stays the global batch).")
     t.add_argument("--variant", choices=list(VARIANTS), required=True, help="which FCN")
-    t.add_argument("--init", help="checkpoint of a coarser FCN to start from (stage-wise training)")
+    t.add_argument("--dataset", choices=list(RECIPES), default="shapes",
+                   help="classroom shapes, or PASCAL VOC with the paper's recipe (SGD, momentum 0.9, "
+                        "weight decay 5e-4, fixed learning rate)")
+    t.add_argument("--init", help="'imagenet' (VGG16_Weights.IMAGENET1K_V1 from the torch cache, for "
+                                  "fcn32s on voc), or a checkpoint of a coarser FCN (stage-wise); "
+                                  "default: from scratch")
     t.add_argument("--out", help="where to write the checkpoint (default checkpoints/VARIANT.pt)")
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--batch-size", type=int, default=16)
-    t.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (cosine decay)")
-    t.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
-    t.add_argument("--weight-decay", type=float, default=0.0)
-    t.add_argument("--dropout", type=float, default=0.0, help="dropout after fc6 and fc7")
-    t.add_argument("--width", type=float, default=None,
-                   help=f"channel multiplier of VGG16 (classroom: {classroom.WIDTH})")
-    t.add_argument("--train-images", type=int, default=2000)
-    t.add_argument("--val-images", type=int, default=200)
-    t.add_argument("--image-size", type=int, default=classroom.IMAGE_SIZE)
-    t.add_argument("--seed", type=int, default=classroom.TRAIN_SEED, help="training data + init seed")
-    t.add_argument("--val-seed", type=int, default=classroom.VAL_SEED)
+    t.add_argument("--epochs", type=int, help="passes over the training images (default: 10 shapes, 50 voc)")
+    t.add_argument("--batch-size", type=int,
+                   help="images per optimizer step, over all processes (default: 16 shapes, 20 voc)")
+    t.add_argument("--lr", type=float, help=LR_HELP)
+    t.add_argument("--optimizer", choices=["adam", "sgd"], help="default: adam shapes, sgd voc")
+    t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    t.add_argument("--schedule", choices=["cosine", "constant"],
+                   help="learning-rate schedule (default: cosine shapes, constant voc)")
+    t.add_argument("--weight-decay", type=float, help="default: 0 shapes, 5e-4 voc")
+    t.add_argument("--dropout", type=float, help="dropout after fc6 and fc7 (default: 0 shapes, 0.5 voc)")
+    t.add_argument("--width", type=float,
+                   help=f"channel multiplier of VGG16 (default: {classroom.WIDTH} shapes, 1 voc)")
+    t.add_argument("--train-images", type=int, help="training images (default: 2000 shapes, all voc)")
+    t.add_argument("--val-images", type=int, help="validation images (default: 200 shapes, all voc)")
+    t.add_argument("--image-size", type=int, default=classroom.IMAGE_SIZE, help="shapes image size")
+    t.add_argument("--seed", type=int, default=classroom.TRAIN_SEED,
+                   help="initialisation, data order and augmentation seed (and shapes training data)")
+    t.add_argument("--val-seed", type=int, default=classroom.VAL_SEED, help="shapes validation data seed")
     t.add_argument("--half", action="store_true", help="store weights as float16 (half the size)")
     t.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    t.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="continue from OUT's .resume.pt if an earlier run of this command was interrupted")
+    t.add_argument("--save-every", type=int,
+                   help="also save the training state every N steps within an epoch (default: per epoch)")
+    t.add_argument("--num-workers", type=int, help="data-loading processes (default: 0 shapes, 4 voc)")
+    g = _voc_arguments(t, download=True)
+    g.add_argument("--train-split", default="train", help="ImageSets/Segmentation/<name>.txt to train on")
+    g.add_argument("--val-split", default="val", help="split to validate on after every epoch")
+    g.add_argument("--crop-size", type=int, default=320,
+                   help="random crop after random scaling (0: whole images, no augmentation, as the paper)")
+    g.add_argument("--scale", type=float, nargs=2, default=(0.5, 2.0), metavar=("MIN", "MAX"),
+                   help="random scale range before cropping")
     t.set_defaults(func=_train)
 
-    for name, func, text in (("evaluate", _evaluate, "score a checkpoint on fresh shapes images"),
+    for name, func, text in (("evaluate", _evaluate, "score a checkpoint on fresh shapes images or VOC"),
                              ("predict", _predict, "write a coloured mask PNG for an image file")):
-        p = sub.add_parser(name, formatter_class=argparse.ArgumentDefaultsHelpFormatter, help=text,
+        p = sub.add_parser(name, formatter_class=_HelpFormatter, help=text,
                            description=text[0].upper() + text[1:] + ". Uses the shipped classroom "
                            "checkpoint of --variant unless --checkpoint is given.")
         if name == "predict":
             p.add_argument("image", help="an image file (PNG, JPEG, ...)")
             p.add_argument("--out", help="mask PNG to write (default IMAGE_VARIANT_mask.png)")
         else:
-            p.add_argument("--images", type=int, default=200, help="how many validation images")
-            p.add_argument("--image-size", type=int, default=classroom.IMAGE_SIZE)
+            p.add_argument("--dataset", choices=list(RECIPES), default="shapes")
+            p.add_argument("--images", type=int, help="how many images (default: 200 shapes, all voc)")
+            p.add_argument("--image-size", type=int, default=classroom.IMAGE_SIZE, help="shapes image size")
             p.add_argument("--seed", type=int, default=classroom.EVAL_SEED,
-                           help="data seed (default: one never used in training)")
-            p.add_argument("--batch-size", type=int, default=16)
+                           help="shapes data seed (default: one never used in training)")
+            p.add_argument("--batch-size", type=int,
+                           help="default: 16 shapes; 1 voc (images of different sizes are not padded)")
+            _voc_arguments(p).add_argument("--split", default="val", help="VOC split to score")
         p.add_argument("--variant", choices=list(VARIANTS), default="fcn8s")
         p.add_argument("--checkpoint", help="a checkpoint file instead of the shipped one")
         p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
@@ -173,5 +366,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        # Every process hits the same error (no data, no weights): the first one explains it.
+        rank = distributed.launch_rank()
+        if rank == 0:
+            print(f"error: {err}", file=sys.stderr)
+        else:
+            print(f"error (rank {rank}): {str(err).splitlines()[0]}", file=sys.stderr)
         return 2

@@ -28,8 +28,10 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import torch
 from torch import nn
 
+from fcn_lesson.convert import convolutionalize
 from fcn_lesson.models import FCN
 from fcn_lesson.upsample import BilinearUpsample
 
@@ -162,10 +164,7 @@ def vgg16_score_size(height: int, width: int, fc6_padding: int = 0) -> tuple[int
 def meta_vgg16(convolutional: bool = False) -> nn.Module:
     """torchvision's VGG16 (or its `convolutionalize`d copy) on the meta device: every layer's
     shape, none of its 138M weights; it builds in milliseconds, for geometry only."""
-    import torch
-    from torchvision.models import vgg16
-
-    from fcn_lesson.convert import convolutionalize
+    from torchvision.models import vgg16  # slow to import, and only needed here
 
     with torch.device("meta"):
         vgg = vgg16()
@@ -225,9 +224,10 @@ def _apply(layer: nn.Module, stage: Stage, name: str) -> Stage:
         raise TypeError(f"stage_table does not know the layer {name} ({type(layer).__name__})")
     if transposed:
         size = [conv_transpose_output_size(n, k, t, p, output_padding, dilation) for n in (h, w)]
-        reach = dilation * (k - 1) + 1  # input cells that can reach one output cell:
+        # One output cell gets stamps from up to ceil(extent / t) neighbouring input cells.
+        extent = dilation * (k - 1) + 1
         return Stage(name, (out_channels, *size), _num(s / t),
-                     _num(r + (math.ceil(reach / t) - 1) * s),
+                     _num(r + (math.ceil(extent / t) - 1) * s),
                      c + (p - dilation * (k - 1) / 2) * s / t)
     ceil_mode = getattr(layer, "ceil_mode", False)
     try:
@@ -240,8 +240,7 @@ def _apply(layer: nn.Module, stage: Stage, name: str) -> Stage:
 
 def _leaves(module: nn.Module) -> list[tuple[str, nn.Module]]:
     # Registration order, which is the order a Sequential (and torchvision's VGG) runs them.
-    return [(n, m) for n, m in module.named_modules() if not any(True for _ in m.children())
-            and not isinstance(m, nn.Sequential)]
+    return [(n, m) for n, m in module.named_modules() if next(m.children(), None) is None]
 
 
 def _walk(module: nn.Module, stage: Stage, rows: list[Stage], pools_before: int = 0) -> Stage:

@@ -63,19 +63,22 @@ PALETTE: torch.Tensor = torch.tensor(
 #   disk: diameter; ring: outer diameter; square: side; triangle: side; bar: length.
 _REFERENCE_SIDE = 128
 _EXTENT = {
-    1: (0.15, 0.34),  # disk
-    2: (0.24, 0.40),  # ring
-    3: (0.15, 0.30),  # square
-    4: (0.20, 0.38),  # triangle
-    5: (0.32, 0.55),  # bar
+    1: (0.30, 0.50),  # disk
+    2: (0.40, 0.60),  # ring
+    3: (0.28, 0.45),  # square
+    4: (0.35, 0.55),  # triangle
+    5: (0.50, 0.80),  # bar
 }
-_RING_THICKNESS = (3.0, 5.5)  # px at 128
-_BAR_WIDTH = (2.5, 4.0)  # px at 128 (rasterised widths of 2-4 px)
+# Objects are large next to the 32-px cells of FCN-32s (whose blobs then roughly fit the
+# disks and squares) while bars and ring walls stay a few pixels thin, which only the
+# stride-8 skip resolves.
+_RING_THICKNESS = (5.0, 8.0)  # px at 128
+_BAR_WIDTH = (4.0, 6.0)  # px at 128
 # Lower bounds in pixels so that tiny images (down to 16 px) still show the shapes.
 _MIN_EXTENT = {1: 4.0, 2: 8.0, 3: 4.0, 4: 6.0, 5: 8.0}
 _MIN_THIN = 1.5  # px: thinnest bar / ring wall
 
-_OBJECTS_PER_IMAGE = (2, 5)  # inclusive
+_OBJECTS_PER_IMAGE = (1, 4)  # inclusive
 _MAX_TRIES = 25  # placement attempts per object before it is skipped
 _MIN_VISIBLE = 0.7  # an earlier object must keep this fraction of its pixels visible
 _MIN_CONTRAST = 0.4  # Euclidean RGB distance of an object colour from what lies beneath

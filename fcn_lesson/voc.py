@@ -520,6 +520,11 @@ class VOCSegmentation(torchvision.datasets.VOCSegmentation):
     for training. ``root`` is the folder that contains ``VOCdevkit``. With ``download=False``
     (the default) a missing or incomplete folder raises :class:`VOCNotFoundError` explaining
     what to do; ``download=True`` fetches the archive (checksum verified) and unpacks it safely.
+
+    ``seed``: draw each item's random augmentation from ``(seed, epoch, index)`` (see
+    :meth:`set_epoch`) instead of the global random stream, so that it is reproducible across
+    data-loader workers, processes and interrupted runs. ``num_images``: use only the first
+    ``num_images`` of the split.
     """
 
     classes = VOC_CLASSES
@@ -532,8 +537,12 @@ class VOCSegmentation(torchvision.datasets.VOCSegmentation):
         image_set: str = "train",
         download: bool = False,
         transforms: Callable | None = None,
+        seed: int | None = None,
+        num_images: int | None = None,
     ) -> None:
         year = str(year)
+        if num_images is not None and num_images < 1:
+            raise ValueError(f"num_images must be >= 1 (or None for the whole split), got {num_images}")
         if download:
             download_voc(root, year)
         check_voc_root(root, year, image_set)
@@ -544,6 +553,14 @@ class VOCSegmentation(torchvision.datasets.VOCSegmentation):
             download=False,
             transforms=transforms if transforms is not None else eval_transforms(),
         )
+        if num_images is not None:  # the first images of the split, for quick runs
+            self.images, self.targets = self.images[:num_images], self.targets[:num_images]
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """With a ``seed``, item ``i`` of epoch ``e`` is augmented with random numbers drawn from
+        ``(seed, e, i)`` alone (``fcn_lesson.train.fit`` calls this every epoch)."""
+        self.epoch = int(epoch)
 
     def load(self, index: int) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
         """The untransformed pair: ``Image`` uint8 ``(3, H, W)`` and ``Mask`` int64 ``(H, W)``."""
@@ -555,8 +572,20 @@ class VOCSegmentation(torchvision.datasets.VOCSegmentation):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.load(index)
-        image, mask = self.transforms(image, mask)
+        if self.seed is None:
+            image, mask = self.transforms(image, mask)
+        else:
+            # The crop of an image then does not depend on which process or data-loader worker
+            # loads it, nor on what was loaded before: a run resumed mid-epoch, or split over
+            # several processes, sees exactly the crops of the uninterrupted single-process run.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(_item_seed(self.seed, self.epoch, index))
+                image, mask = self.transforms(image, mask)
         return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
+
+
+def _item_seed(seed: int, epoch: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
 
 
 # --------------------------------------------------------------------------------------------

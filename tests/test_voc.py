@@ -349,3 +349,39 @@ def test_download_flow_uses_torchvision_checksum_and_safe_extract(tmp_path, monk
     monkeypatch.setattr(tv_utils, "download_url", offline)
     with pytest.raises(RuntimeError, match="offline"):
         VOCSegmentation(tmp_path / "elsewhere", download=True)
+
+
+# ---------------------------------------------------------------------------- seeded augmentation
+
+
+def test_seeded_augmentation_depends_on_seed_epoch_and_index_only(voc_root):
+    """With a seed, an image's crop is the same whatever was drawn before and whichever process
+    loads it (what makes data-parallel and resumed runs see the same crops)."""
+    ds = VOCSegmentation(voc_root, transforms=train_transforms(crop_size=40), seed=7)
+    ds.set_epoch(3)
+    torch.manual_seed(0)
+    first = [ds[k] for k in range(len(ds))]
+    torch.manual_seed(99)
+    torch.rand(1000)  # other global random state
+    for k in reversed(range(len(ds))):  # other order
+        image, mask = ds[k]
+        assert torch.equal(image, first[k][0]) and torch.equal(mask, first[k][1])
+    state = torch.get_rng_state()
+    ds[0]
+    assert torch.equal(torch.get_rng_state(), state)  # the global stream is left alone
+
+    ds.set_epoch(4)
+    assert not all(torch.equal(ds[k][1], first[k][1]) for k in range(len(ds)))  # new epoch, new crops
+    other = VOCSegmentation(voc_root, transforms=train_transforms(crop_size=40), seed=8)
+    other.set_epoch(3)
+    assert not all(torch.equal(other[k][1], first[k][1]) for k in range(len(ds)))
+
+
+def test_num_images_takes_the_first_of_the_split(voc_root):
+    full = VOCSegmentation(voc_root, image_set="trainval")
+    first = VOCSegmentation(voc_root, image_set="trainval", num_images=3)
+    assert len(full) == 4 and len(first) == 3
+    assert first.images == full.images[:3] and first.masks == full.masks[:3]
+    assert torch.equal(first[2][1], full[2][1])
+    with pytest.raises(ValueError, match="num_images"):
+        VOCSegmentation(voc_root, num_images=0)

@@ -1,0 +1,175 @@
+"""Notebook 5's fusion explorer: scale or switch off the pool4 and pool3 skips of a trained
+FCN-8s (or the pool4 skip of an FCN-16s) and watch the prediction, one class's score map and
+the image's mean IoU change.
+
+The backbone runs once per image; its score maps are cached, so moving a gain slider only
+re-runs `model.fuse` on them (well under a millisecond) and re-encodes four small PNGs.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import ipywidgets as widgets
+import numpy as np
+import torch
+from IPython.display import display
+from matplotlib import colormaps
+from PIL import Image
+
+from fcn_lesson.fusion import image_mean_iou
+from fcn_lesson.models import FCN
+from fcn_lesson.shapes import CLASSES, PALETTE
+from fcn_lesson.viz import colorize, to_numpy_image
+
+__all__ = ["FusionExplorer", "FusionView"]
+
+_SCORE_CMAP = colormaps["RdBu_r"]  # as in fcn_lesson.fusion: red for, blue against
+
+
+@dataclass(frozen=True)
+class FusionView:
+    """What the explorer shows for one setting of its controls."""
+
+    image_index: int
+    class_index: int
+    pool4_gain: float
+    pool3_gain: float
+    prediction: torch.Tensor  # (H, W) argmax of the re-fused scores
+    class_score: torch.Tensor  # (H, W) the chosen class's final score
+    score_limit: float  # the colour scale is [-score_limit, score_limit]
+    mean_iou: float  # this prediction against the image's ground truth
+    trained_mean_iou: float  # ... and the trained net's (both gains 1)
+
+
+def _png(rgb: np.ndarray, zoom: int) -> bytes:
+    # Nearest-neighbour zoom keeps the pixels sharp; the browser would blur them.
+    rgb = np.repeat(np.repeat(rgb, zoom, axis=0), zoom, axis=1)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="png", compress_level=1)
+    return buffer.getvalue()
+
+
+def _score_rgb(score: torch.Tensor, limit: float) -> np.ndarray:
+    rgba = _SCORE_CMAP(np.clip(score.numpy() / (2 * limit) + 0.5, 0.0, 1.0), bytes=True)
+    return np.ascontiguousarray(rgba[..., :3])
+
+
+def _swatch(rgb) -> str:
+    r, g, b = (int(c) for c in rgb)
+    return (f"<span style='display:inline-block;width:12px;height:12px;background:rgb({r},{g},{b});"
+            "border:1px solid #000;margin:0 4px 0 10px;vertical-align:middle'></span>")
+
+
+class FusionExplorer:
+    """Pick an image and a class, set the pool4 and pool3 gains (0 = skip off, 1 = trained).
+
+    Shows the image, its ground truth, the prediction re-fused with those gains (class
+    colours as everywhere in the lesson, with a legend) and the chosen class's final score
+    map, and reads out the image's mean IoU. `update()` recomputes from the controls' values
+    and returns a `FusionView`; moving a control calls it. Display with `display(explorer)`.
+
+    `dataset[i]` must give (image (3, H, W), mask (H, W)). The model is put in eval mode.
+    """
+
+    def __init__(self, model: FCN, dataset, image_index: int = 0, class_index: int | None = None,
+                 classes=CLASSES, palette=PALETTE, zoom: int = 2):
+        if not isinstance(model, FCN) or model.skips < 1:
+            raise ValueError("the fusion explorer needs an FCN-16s or FCN-8s; an FCN-32s has no skip")
+        if len(dataset) == 0:
+            raise ValueError("the dataset is empty: nothing to explore")
+        if not 0 <= image_index < len(dataset):
+            raise ValueError(f"image_index {image_index} is outside the dataset of {len(dataset)} images")
+        if len(classes) != model.num_classes:
+            raise ValueError(f"{len(classes)} class names for a model with {model.num_classes} classes")
+        self.model = model.eval()
+        self.dataset, self.classes, self.palette, self.zoom = dataset, tuple(classes), palette, zoom
+        self._device = next(model.parameters()).device
+        self._cache: dict[int, dict] = {}
+
+        self.image_index = widgets.IntSlider(image_index, min=0, max=len(dataset) - 1,
+                                             description="image")
+        if class_index is None:  # the first object class in the first image
+            present = self._entry(image_index)["mask"].unique().tolist()
+            class_index = next((c for c in present if c != 0), 0)
+        self.class_index = widgets.Dropdown(options=[(n, k) for k, n in enumerate(self.classes)],
+                                            value=class_index, description="class")
+        slider = dict(min=0.0, max=2.0, step=0.1, readout_format=".1f",
+                      style={"description_width": "initial"})
+        self.pool4_gain = widgets.FloatSlider(1.0, description="pool4 gain", **slider)
+        self.pool3_gain = widgets.FloatSlider(1.0, description="pool3 gain",
+                                              disabled=model.skips < 2, **slider)
+        titles = ("image", "ground truth", "prediction", "class score")
+        self.views = {t: widgets.Image(format="png") for t in titles}
+        self.readout = widgets.HTML()
+        self.score_scale = widgets.HTML()
+        colours = colorize(torch.arange(len(self.classes))[None], palette)[0]  # (K, 3) uint8
+        self.legend = widgets.HTML("".join(_swatch(rgb) + name
+                                           for name, rgb in zip(self.classes, colours, strict=True)))
+        self.titles = {t: widgets.HTML(f"<b>{t}</b>") for t in titles}
+        self.update()
+        for control in (self.image_index, self.class_index, self.pool4_gain, self.pool3_gain):
+            control.observe(self._on_change, names="value")
+
+    @torch.no_grad()
+    def _entry(self, index: int) -> dict:
+        """The cached backbone output of one image: the score maps that `fuse` starts from,
+        the trained net's scores, and the image and ground truth as PNGs."""
+        if index not in self._cache:
+            image, mask = self.dataset[index]
+            maps = self.model.forward_maps(image[None].to(self._device))
+            keep = ("score_fr", "score_pool4", "score_pool3")
+            out = maps["out"][0].cpu()
+            self._cache[index] = {
+                "maps": {k: v for k, v in maps.items() if k in keep}, "size": tuple(image.shape[-2:]),
+                "mask": mask, "trained_pred": out.argmax(0),
+                # One colour scale per image and class (the trained scores'), so moving a
+                # gain slider changes the colours, not the scale.
+                "limits": out.flatten(1).abs().amax(1).clamp_min(1e-6).tolist(),
+                "image_png": _png(to_numpy_image(image), self.zoom),
+                "mask_png": _png(colorize(mask, self.palette), self.zoom),
+            }
+        return self._cache[index]
+
+    @torch.no_grad()
+    def update(self) -> FusionView:
+        index, cls = self.image_index.value, self.class_index.value
+        pool4_gain, pool3_gain = self.pool4_gain.value, self.pool3_gain.value
+        entry = self._entry(index)
+        scores = self.model.fuse(entry["maps"], None, *entry["size"], pool4_gain, pool3_gain)["out"][0]
+        scores = scores.cpu()
+        prediction = scores.argmax(0)
+        limit = entry["limits"][cls]
+        view = FusionView(
+            image_index=index, class_index=cls, pool4_gain=pool4_gain, pool3_gain=pool3_gain,
+            prediction=prediction, class_score=scores[cls], score_limit=limit,
+            mean_iou=image_mean_iou(prediction, entry["mask"], self.model.num_classes),
+            trained_mean_iou=image_mean_iou(entry["trained_pred"], entry["mask"],
+                                            self.model.num_classes))
+        self.views["image"].value = entry["image_png"]
+        self.views["ground truth"].value = entry["mask_png"]
+        self.views["prediction"].value = _png(colorize(prediction, self.palette), self.zoom)
+        self.views["class score"].value = _png(_score_rgb(view.class_score, limit), self.zoom)
+        self.titles["class score"].value = f"<b>score for '{self.classes[cls]}'</b>"
+        self.score_scale.value = (f"colour scale: blue {-limit:.1f} · white 0 · red {limit:.1f} "
+                                  "(the trained net's range on this image; beyond it, clipped)")
+        changed = (prediction != entry["trained_pred"]).float().mean().item()
+        self.readout.value = (
+            f"image {index}: mean IoU <b>{view.mean_iou:.3f}</b> with pool4 gain {pool4_gain:.1f}, "
+            f"pool3 gain {pool3_gain:.1f} (trained net, gains 1: {view.trained_mean_iou:.3f}); "
+            f"{100 * changed:.1f}% of the pixels change class")
+        self.view = view
+        return view
+
+    def _on_change(self, _change) -> None:
+        self.update()
+
+    def widget(self) -> widgets.Widget:
+        controls = widgets.HBox([self.image_index, self.class_index])
+        gains = widgets.HBox([self.pool4_gain, self.pool3_gain])
+        panels = widgets.HBox([widgets.VBox([self.titles[t], v]) for t, v in self.views.items()])
+        return widgets.VBox([controls, gains, self.readout, panels, self.legend, self.score_scale])
+
+    def _ipython_display_(self) -> None:
+        display(self.widget())

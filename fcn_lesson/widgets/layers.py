@@ -1,0 +1,332 @@
+"""The layer-output explorer: pick an image, a layer and a channel, see its activation map.
+
+One forward pass per (model, image) records every layer with forward hooks and keeps the
+maps (a few MB for a classroom model); moving the layer or channel slider then only
+redraws. Each map is drawn over the image at its true geometry: a cell of a stride-s map
+covers the s x s pixels it was computed from (the input is padded to a multiple of 32, so
+the cells of every stage tile the padded image exactly; see models.py).
+
+Layers, in the order the network computes them:
+  conv1_1 ... conv5_3  a convolution's output after its BatchNorm (if any) and ReLU,
+                       i.e. what the next layer reads;
+  pool1 ... pool5      the max-pooled maps, stride 2 ... 32;
+  fc6, fc7             the convolutionalized classifier, after its ReLU (stride 32);
+  score_fr ... out     the named score maps of `FCN.forward_maps`, one channel per class.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+
+import ipywidgets as widgets
+import numpy as np
+import PIL.Image
+import torch
+from IPython.display import display
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torch import nn
+
+from fcn_lesson.models import FCN, SCORE_MAPS
+from fcn_lesson.shapes import CLASSES
+from fcn_lesson.viz import to_numpy_image
+
+__all__ = ["LayerExplorer", "capture_activations", "layer_modules", "plot_layer_strip"]
+
+
+def layer_modules(model: FCN) -> OrderedDict[str, nn.Module]:
+    """Backbone layer name -> the module whose output is that layer's activation: the ReLU
+    after conv{i}_{j} (and after fc6, fc7), the pooling layer for pool{i}."""
+    relu_of = {"relu6": "fc6", "relu7": "fc7"}
+    layers = OrderedDict()
+    for name, module in model.backbone.named_modules():
+        short = name.rsplit(".", 1)[-1]
+        if short.startswith("relu"):
+            layers[relu_of.get(short, "conv" + short.removeprefix("relu"))] = module
+        elif short.startswith("pool"):
+            layers[short] = module
+    return layers
+
+
+@torch.no_grad()
+def capture_activations(model: FCN, image: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+    """Every layer's output for one image (3, H, W): name -> (C, h, w) float32 CPU tensor,
+    backbone layers (see `layer_modules`) then the model's score maps."""
+    if image.dim() != 3:
+        raise ValueError(f"expected one image (3, H, W), got shape {tuple(image.shape)}")
+    captured = OrderedDict()
+
+    def keep(name):
+        # clone: an in-place ReLU later on would otherwise overwrite what was recorded
+        # (in a net without BatchNorm, relu6 works in place on fc6's output).
+        def hook(_module, _inputs, output):
+            captured[name] = output[0].detach().float().cpu().clone()
+        return hook
+
+    handles = [m.register_forward_hook(keep(name)) for name, m in layer_modules(model).items()]
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        maps = model.forward_maps(image[None].to(device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    for name in SCORE_MAPS:
+        if name in maps:
+            captured[name] = maps[name][0].float().cpu()
+    return captured
+
+
+def _stride(name: str, activation: torch.Tensor, image_height: int) -> int:
+    # Every map but `out` covers the image padded to a multiple of 32; `out` is cropped to it.
+    if name == "out":
+        return 1
+    padded = -(-image_height // 32) * 32
+    return padded // activation.shape[-2]
+
+
+def _channel_label(name: str, channel: int, channels: int, classes) -> str:
+    if name in SCORE_MAPS:  # one channel per class
+        return f"class {channel} ({classes[channel]})" if len(classes) == channels else f"class {channel}"
+    return f"channel {channel} of {channels}"
+
+
+def _edges(mask: torch.Tensor, colour: tuple[float, float, float]) -> np.ndarray:
+    """RGBA overlay in `colour` where a pixel's right or lower neighbour has another label."""
+    m = mask.numpy()
+    edge = np.zeros(m.shape, dtype=bool)
+    edge[:, :-1] |= m[:, 1:] != m[:, :-1]
+    edge[:-1, :] |= m[1:, :] != m[:-1, :]
+    rgba = np.zeros((*m.shape, 4), dtype=np.float32)
+    rgba[edge] = (*colour, 0.9)
+    return rgba
+
+
+class _Artists:
+    """Image on the left; the activation over the image on the right, with the objects'
+    outlines and a colour bar. Built once; the `set_*` methods only change data, extent and
+    labels, and `draw` repaints only what a new layer or channel changes (blitting)."""
+
+    def __init__(self, figure: Figure):
+        self.figure = figure
+        self.image_ax, self.map_ax = figure.subplots(1, 2)
+        self.picture = self.image_ax.imshow(np.zeros((1, 1, 3)), interpolation="nearest")
+        self.map = self.map_ax.imshow(np.zeros((1, 1)), interpolation="nearest", cmap="viridis")
+        self.outline = self.map_ax.imshow(np.zeros((1, 1, 4)), interpolation="nearest")
+        self.colorbar = figure.colorbar(self.map, ax=self.map_ax, fraction=0.046, pad=0.04)
+        for ax in (self.image_ax, self.map_ax):
+            ax.set_xlabel("x (pixels)")
+            ax.set_ylabel("y (pixels)")
+        # Drawn on every update, over a cached picture of everything else: tick labels are
+        # most of Agg's drawing time and only the colour bar's change with the channel.
+        self._dynamic = [self.map, self.outline, *self.map_ax.spines.values(), self.map_ax.title,
+                         self.colorbar.ax]
+        self._background = None
+
+    def draw(self) -> np.ndarray:
+        """The figure as an RGB array, repainting only the dynamic artists when the static
+        ones (image, axes, labels) are unchanged since the last call."""
+        canvas = self.figure.canvas
+        if self._background is None:
+            for artist in self._dynamic:
+                artist.set_visible(False)
+            canvas.draw()
+            self._background = canvas.copy_from_bbox(self.figure.bbox)
+            for artist in self._dynamic:
+                artist.set_visible(True)
+        canvas.restore_region(self._background)
+        for artist in self._dynamic:
+            self.figure.draw_artist(artist)
+        return np.asarray(canvas.buffer_rgba())[..., :3]
+
+    def relayout(self) -> None:
+        self.figure.tight_layout()
+        self._background = None
+
+    def set_image(self, image: torch.Tensor, mask: torch.Tensor, title: str) -> None:
+        height, width = image.shape[-2:]
+        self.picture.set_data(to_numpy_image(image))
+        self.picture.set_extent((-0.5, width - 0.5, height - 0.5, -0.5))
+        # white on viridis (dark at zero), black on the diverging map (white at zero)
+        self._outlines = {False: _edges(mask, (1, 1, 1)), True: _edges(mask, (0, 0, 0))}
+        self.outline.set_extent((-0.5, width - 0.5, height - 0.5, -0.5))
+        for ax in (self.image_ax, self.map_ax):
+            ax.set_xlim(-0.5, width - 0.5)
+            ax.set_ylim(height - 0.5, -0.5)  # the padding beyond the image stays out of view
+        self.image_ax.set_title(title, fontsize=10)
+        self._background = None
+
+    def set_map(self, values: np.ndarray, stride: int, signed: bool, title: str) -> None:
+        h, w = values.shape
+        self.map.set_data(values)
+        self.outline.set_data(self._outlines[signed])
+        # cell (i, j) covers pixels [i s, (i + 1) s) x [j s, (j + 1) s)
+        self.map.set_extent((-0.5, w * stride - 0.5, h * stride - 0.5, -0.5))
+        low, high = float(values.min()), float(values.max())
+        if signed:  # class scores: white at zero
+            bound = max(-low, high, 1e-12)
+            self.map.set_cmap("RdBu_r")
+            self.map.set_clim(-bound, bound)
+        else:
+            self.map.set_cmap("viridis")
+            self.map.set_clim(0, max(high, 1e-12))  # after a ReLU zero means "off"
+        self.map_ax.set_title(title, fontsize=10)
+
+
+class LayerExplorer:
+    """Sliders for the image, layer and channel (and a model menu when given several
+    models); the chosen channel's activation is drawn over the image.
+
+    `update()` reads the controls, redraws the figure's artists and returns the map shown,
+    (h, w) numpy; moving a control calls it and then `render()`, which puts the figure into
+    the `picture` widget. Activations are captured once per (model, image) and kept for the
+    `cache_size` most recent ones. Display with `display(explorer)`.
+    """
+
+    def __init__(self, models: FCN | Mapping[str, FCN], dataset, *, layer: str = "conv1_1",
+                 channel: int = 0, image: int = 0, cache_size: int = 8):
+        if isinstance(models, FCN):
+            models = {models.variant: models}
+        if not models or not all(isinstance(m, FCN) for m in models.values()):
+            raise TypeError("models must be an FCN or a non-empty dict of name -> FCN")
+        if len(dataset) == 0:
+            raise ValueError("the dataset is empty: nothing to explore")
+        if cache_size < 1:
+            raise ValueError(f"cache_size must be >= 1, got {cache_size}")
+        if not 0 <= image < len(dataset):
+            raise ValueError(f"image must be in [0, {len(dataset) - 1}], got {image}")
+        self.models, self.dataset, self.cache_size = dict(models), dataset, cache_size
+        self.classes = getattr(dataset, "classes", CLASSES)
+        self._cache: OrderedDict[tuple[str, int], tuple] = OrderedDict()
+        first = next(iter(self.models))
+        activations = self.activations(first, image)
+        if layer not in activations:
+            raise ValueError(f"unknown layer {layer!r}; choose one of {', '.join(activations)}")
+        channels = activations[layer].shape[0]
+        if not 0 <= channel < channels:
+            raise ValueError(f"{layer} has channels 0 to {channels - 1}, got channel={channel}")
+        self.model = widgets.Dropdown(options=list(self.models), value=first, description="model",
+                                      layout=widgets.Layout(display="" if len(models) > 1 else "none"))
+        self.image = widgets.IntSlider(image, min=0, max=len(dataset) - 1, description="image")
+        self.layer = widgets.Dropdown(options=list(activations), value=layer, description="layer")
+        self.channel = widgets.IntSlider(channel, min=0, max=channels - 1, description="channel")
+        self.readout = widgets.HTML()
+        self.picture = widgets.Image(format="png")
+        self.figure = Figure(figsize=(9, 4), dpi=72)
+        FigureCanvasAgg(self.figure)
+        self._artists = _Artists(self.figure)
+        self._shown_image: tuple[str, int] | None = None
+        self._busy = False
+        self.shown = self.update()
+        self._artists.relayout()
+        self.render()
+        self.last_update_seconds = 0.0
+        for control in (self.model, self.image, self.layer, self.channel):
+            control.observe(self._on_change, names="value")
+
+    def activations(self, model: str, index: int) -> OrderedDict[str, torch.Tensor]:
+        """Every layer's activation for image `index` under `model`, computed once and cached."""
+        return self._cached(model, index)[2]
+
+    def _cached(self, model: str, index: int) -> tuple:
+        # (image, mask, activations); the dataset may render an item afresh on every access
+        key = (model, index)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+        else:
+            image, mask = self.dataset[index]
+            self._cache[key] = (image, mask, capture_activations(self.models[model], image))
+            if len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return self._cache[key]
+
+    def update(self) -> np.ndarray:
+        model, index = self.model.value, self.image.value
+        image, mask, activations = self._cached(model, index)
+        names = list(activations)
+        # A new model may lack the current layer, a new layer have fewer channels: adjusting
+        # the controls fires their observers, which `_busy` keeps out until this update ends.
+        self._busy = True
+        try:
+            if list(self.layer.options) != names:
+                keep = self.layer.value if self.layer.value in names else "score_fr"
+                self.layer.options = names
+                self.layer.value = keep
+            channels = activations[self.layer.value].shape[0]
+            self.channel.max = channels - 1
+        finally:
+            self._busy = False
+        name, channel = self.layer.value, self.channel.value
+        if self._shown_image != (model, index):
+            self._artists.set_image(image, mask, f"image #{index}")
+            self._shown_image = (model, index)
+        values = activations[name][channel].numpy()
+        stride = _stride(name, activations[name], image.shape[-2])
+        h, w = values.shape
+        self._artists.set_map(values, stride, name in SCORE_MAPS,
+                              f"{name}: {_channel_label(name, channel, channels, self.classes)}")
+        self.readout.value = (
+            f"<b>{name}</b> ({model}): {channels} channels of {h} x {w} cells, stride {stride} "
+            f"(one cell per {stride} x {stride} pixels); this channel ranges "
+            f"{values.min():.3g} to {values.max():.3g}.")
+        self.shown = values
+        return values
+
+    def render(self) -> None:
+        # Blitted Agg drawing + fast PNG compression instead of `savefig` (a full redraw and
+        # harder compression): a slider move then takes a few tens of milliseconds.
+        buffer = io.BytesIO()
+        PIL.Image.fromarray(self._artists.draw()).save(buffer, format="png", compress_level=1)
+        self.picture.value = buffer.getvalue()
+
+    def _on_change(self, _change) -> None:
+        if self._busy:
+            return
+        start = time.perf_counter()
+        self.update()
+        self.render()
+        self.last_update_seconds = time.perf_counter() - start
+
+    def widget(self) -> widgets.Widget:
+        controls = widgets.HBox([widgets.VBox([self.model, self.image]),
+                                 widgets.VBox([self.layer, self.channel])])
+        return widgets.VBox([controls, self.readout, self.picture])
+
+    def _ipython_display_(self) -> None:
+        display(self.widget())
+
+
+def plot_layer_strip(activations: Mapping[str, torch.Tensor], image: torch.Tensor,
+                     layers=("conv1_2", "pool1", "pool2", "pool3", "pool4", "pool5", "fc7")):
+    """One row: the image, then for each layer its most active channel (largest mean), each
+    cell drawn over the pixels it covers: the maps get coarser stage by stage. Returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    missing = [name for name in layers if name not in activations]
+    if missing:
+        raise ValueError(f"no activations for {missing}; available: {', '.join(activations)}")
+    height, width = image.shape[-2:]
+    fig, axes = plt.subplots(1, len(layers) + 1, figsize=(1.9 * (len(layers) + 1), 2.4))
+    axes[0].imshow(to_numpy_image(image))
+    axes[0].set_title("image", fontsize=9)
+    for ax, name in zip(axes[1:], layers, strict=True):
+        act = activations[name]
+        channel = int(act.mean(dim=(1, 2)).argmax())
+        stride = _stride(name, act, height)
+        h, w = act.shape[-2:]
+        ax.imshow(act[channel].numpy(), cmap="viridis", interpolation="nearest",
+                  extent=(-0.5, w * stride - 0.5, h * stride - 0.5, -0.5))
+        ax.set_xlim(-0.5, width - 0.5)
+        ax.set_ylim(height - 0.5, -0.5)
+        ax.set_title(f"{name} ch {channel}\n{h}x{w}, stride {stride}", fontsize=9)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("The most active channel of each stage, each cell over the pixels it covers", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    return fig

@@ -1,0 +1,176 @@
+"""Notebook 2's explorer: upsampling factor and kernel size -> kernel, upsampled test
+pattern, and its difference from `F.interpolate(mode="bilinear", align_corners=False)`.
+
+With FCN's setting (bilinear kernel 2s, stride s, padding s/2) the difference is zero away
+from the border. Other kernel sizes show the two ways a transposed convolution goes wrong:
+phases with unequal gains (a checkerboard) and, when kernel size and factor differ in
+parity, a half-pixel shift that no padding can remove.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import ipywidgets as widgets
+import numpy as np
+import torch
+import torch.nn.functional as F
+from IPython.display import display
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from fcn_lesson.figures_upsampling import (
+    KERNEL_KINDS,
+    pattern_image,
+    phase_gains,
+    transposed_upsample,
+    upsampling_kernel,
+)
+
+__all__ = ["UpsamplingExplorer", "UpsamplingResult", "compare_upsampling"]
+
+# Below this a variance or a difference is rounding, not an artefact (bilinear_kernel is
+# float32, so exact kernels for odd factors carry ~1e-8 errors).
+_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class UpsamplingResult:
+    """Everything the explorer shows for one setting; images are (H, W) float64."""
+
+    factor: int
+    kernel_size: int
+    kind: str
+    kernel: torch.Tensor
+    upsampled: torch.Tensor  # the transposed convolution
+    reference: torch.Tensor  # F.interpolate, bilinear, align_corners=False
+    shift: float  # sub-pixel misalignment no crop can remove: 0 or 0.5
+    margin: int  # pixels from the border beyond which "interior" starts
+    interior_max_diff: float  # max |upsampled - reference| in the interior
+    border_max_diff: float  # ... in the `margin` outermost pixels
+    gains: torch.Tensor  # (factor, factor) phase gains: a constant image's interior
+    checkerboard_var: float  # their variance: 0 = no checkerboard
+
+    @property
+    def difference(self) -> torch.Tensor:
+        return self.upsampled - self.reference
+
+    @property
+    def verdict(self) -> str:
+        if self.checkerboard_var > _TOLERANCE:
+            lo, hi = self.gains.min().item(), self.gains.max().item()
+            return (f"checkerboard: the {self.factor}x{self.factor} output phases get gains from "
+                    f"{lo:.2f} to {hi:.2f}, so a flat image comes out patterned")
+        if self.shift:
+            return ("no checkerboard, but kernel size and factor differ in parity: the output "
+                    "sits half a pixel off the interpolate grid, and no padding fixes that")
+        if self.interior_max_diff < _TOLERANCE:
+            return "exactly bilinear interpolation away from the border"
+        return "even overlap and aligned, but not bilinear: a different blur than interpolate"
+
+
+def compare_upsampling(image: torch.Tensor, factor: int, kernel_size: int,
+                       kind: str = "bilinear") -> UpsamplingResult:
+    """Upsample `image` (h, w) with a transposed convolution and with `F.interpolate`, and
+    measure how they differ (the explorer's computation, without any drawing)."""
+    kernel = upsampling_kernel(factor, kernel_size, kind)
+    x = image.double()[None, None]
+    upsampled, shift = transposed_upsample(x, kernel, factor)
+    reference = F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
+    upsampled, reference = upsampled[0, 0], reference[0, 0]
+    # Beyond `margin` every output pixel gets all its taps from real input pixels, and
+    # interpolate has stopped clamping at the edge.
+    margin = max(kernel_size, factor)
+    diff = (upsampled - reference).abs()
+    inner = torch.zeros_like(diff, dtype=torch.bool)
+    inner[margin:-margin, margin:-margin] = True
+    gains = phase_gains(kernel, factor)
+    return UpsamplingResult(
+        factor=factor, kernel_size=kernel_size, kind=kind, kernel=kernel,
+        upsampled=upsampled, reference=reference, shift=shift, margin=margin,
+        interior_max_diff=diff[inner].max().item() if inner.any() else float("nan"),
+        border_max_diff=diff[~inner].max().item(),
+        gains=gains, checkerboard_var=gains.var(unbiased=False).item(),
+    )
+
+
+class UpsamplingExplorer:
+    """Sliders for the factor and kernel size, a kernel kind, and four images: the kernel,
+    the transposed convolution of a test pattern, `F.interpolate` of it, and their difference.
+
+    `update()` recomputes from the controls' values, moves the figure's artists and returns
+    the `UpsamplingResult`; moving a control calls it, then `render()` redraws the picture in
+    place (a PNG in an `ipywidgets.Image`). Display the explorer with `display(explorer)`.
+    """
+
+    def __init__(self, factor: int = 2, kernel_size: int = 4, kind: str = "bilinear",
+                 pattern_size: int = 12):
+        self.image = pattern_image(pattern_size)
+        self.factor = widgets.IntSlider(factor, min=2, max=8, description="factor s")
+        self.kernel_size = widgets.IntSlider(kernel_size, min=1, max=32,
+                                             description="kernel k")
+        self.kind = widgets.ToggleButtons(options=KERNEL_KINDS, value=kind,
+                                          description="kernel")
+        self.readout = widgets.HTML()
+        self.picture = widgets.Image(format="png")
+        self.figure = Figure(figsize=(11, 3), dpi=72)
+        FigureCanvasAgg(self.figure)
+        axes = self.figure.subplots(1, 4)
+        titles = ("kernel", "transposed convolution", "F.interpolate (bilinear)",
+                  "difference: conv - interpolate")
+        self._images = []
+        for ax, title, cmap in zip(axes, titles, ("viridis", "gray", "gray", "RdBu_r"),
+                                   strict=True):
+            self._images.append(ax.imshow(np.zeros((2, 2)), cmap=cmap))
+            ax.set_title(title, fontsize=10)
+            ax.set_xlabel("column")
+            ax.set_ylabel("row")
+        self.figure.colorbar(self._images[0], ax=axes[0], fraction=0.046)
+        self.figure.colorbar(self._images[3], ax=axes[3], fraction=0.046)
+        self.result = self.update()
+        self.figure.tight_layout()
+        self.render()
+        for control in (self.factor, self.kernel_size, self.kind):
+            control.observe(self._on_change, names="value")
+
+    def update(self) -> UpsamplingResult:
+        r = compare_upsampling(self.image, self.factor.value, self.kernel_size.value,
+                               self.kind.value)
+        kernel_im, conv_im, ref_im, diff_im = self._images
+        for im, data in ((kernel_im, r.kernel), (conv_im, r.upsampled), (ref_im, r.reference),
+                         (diff_im, r.difference)):
+            im.set_data(data.numpy())
+            h, w = data.shape
+            im.set_extent((-0.5, w - 0.5, h - 0.5, -0.5))
+            im.axes.set_xlim(-0.5, w - 0.5)
+            im.axes.set_ylim(h - 0.5, -0.5)
+        kernel_im.set_clim(0, float(r.kernel.max()))
+        for im in (conv_im, ref_im):
+            im.set_clim(0, 1.3)
+        limit = max(float(r.difference.abs().max()), 1e-3)
+        diff_im.set_clim(-limit, limit)
+        fcn = " (FCN's setting)" if r.kind == "bilinear" and r.kernel_size == 2 * r.factor else ""
+        self.readout.value = (
+            f"<b>k = {r.kernel_size}, s = {r.factor}, {r.kind}{fcn}</b>: {r.verdict}.<br>"
+            f"max |conv - interpolate|: {r.interior_max_diff:.2g} more than {r.margin} px from "
+            f"the border, {r.border_max_diff:.2g} within it; checkerboard variance "
+            f"{r.checkerboard_var:.3g}; shift {r.shift:g} px.")
+        self.result = r
+        return r
+
+    def render(self) -> None:
+        buffer = io.BytesIO()
+        self.figure.savefig(buffer, format="png")
+        self.picture.value = buffer.getvalue()
+
+    def _on_change(self, _change) -> None:
+        self.update()
+        self.render()
+
+    def widget(self) -> widgets.Widget:
+        controls = widgets.HBox([self.factor, self.kernel_size, self.kind])
+        return widgets.VBox([controls, self.readout, self.picture])
+
+    def _ipython_display_(self) -> None:
+        display(self.widget())

@@ -1,0 +1,171 @@
+"""The lesson as students see it: JupyterLab in headless Chromium (Playwright) runs the widget notebooks,
+every widget renders as a widget and redraws its figure when a control moves; and the README's
+`make lesson` serves notebooks/. Two small notebooks written here show that the check does fail: with
+the widgets front-end switched off, and with a callback that forgets to redraw.
+
+Needs Chromium (see browser_support.CHROMIUM_HINT): skipped without it, except in CI (CI=true), where it
+fails. Screenshots and server logs go to test-output/browser/.
+"""
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from browser_support import (
+    CHROMIUM_ARGS,
+    CHROMIUM_HINT,
+    OUTPUT,
+    PLAYWRIGHT_HINT,
+    ROOT,
+    NotebookPage,
+    copy_notebooks,
+    running_lab,
+    system_chromium,
+    unavailable,
+)
+
+# The fusion explorer is the lesson's main widget; the upsampling widget draws with an Image.
+WIDGET_NOTEBOOKS = ["05_fcn8s.ipynb", "02_bilinear_upsampling.ipynb"]
+RUN_ALL_TIMEOUT = 150  # s; each notebook runs in about a minute on a laptop CPU
+WIDGETS_FRONT_END = "@jupyter-widgets/jupyterlab-manager"
+
+# Two explorers of a line plot; the second one's callback updates its caption but not its figure.
+TOY_EXPLORERS = '''\
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+from IPython.display import display
+
+
+def explorer(redraw):
+    slope = widgets.IntSlider(1, min=1, max=5, description="slope")
+    caption, figure = widgets.HTML(), widgets.Output()
+
+    def draw(change=None):
+        caption.value = f"slope {slope.value}"
+        if redraw or change is None:
+            with figure:
+                figure.clear_output(wait=True)
+                plt.figure(figsize=(3, 2))
+                plt.plot([0, 1], [0, slope.value])
+                plt.ylim(0, 5)
+                plt.show()
+
+    slope.observe(draw, "value")
+    draw()
+    return widgets.VBox([slope, caption, figure])
+
+
+display(explorer(redraw=True), explorer(redraw=False))
+'''
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        unavailable(PLAYWRIGHT_HINT)
+    with sync_playwright() as playwright:
+        # Chromium from the system first; else one that `python -m playwright install chromium` fetched.
+        executable = system_chromium() or playwright.chromium.executable_path
+        if not Path(executable).exists():
+            unavailable(CHROMIUM_HINT)
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, timeout=60_000)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def lab_serving(root: Path, home: Path, log: str, disabled_extensions: tuple[str, ...] = ()):
+    """JupyterLab from the environment running the tests, serving `root`."""
+    command = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={root}"]
+    return running_lab(lambda port: [*command, f"--ServerApp.port={port}"], home=home, cwd=root,
+                       log=OUTPUT / log, disabled_extensions=disabled_extensions)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    root = tmp_path_factory.mktemp("notebooks")
+    copy_notebooks(ROOT / "notebooks", root)
+    with lab_serving(root, tmp_path_factory.mktemp("lab-home"), "lab-server.log") as lab:
+        yield lab, root
+
+
+def run_in_browser(browser, lab, path: Path, redraw_timeout: float = 15) -> tuple[int, list[str], str]:
+    """Run every cell of `path` in JupyterLab, then move every widget control, which must redraw its
+    figure within `redraw_timeout` s. Returns how many controls moved, the problems a user would have
+    seen, and the browser console's last errors."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    nb = NotebookPage(page, lab, path, OUTPUT)
+    start = time.monotonic()
+    try:
+        nb.open()
+        nb.run_all(timeout=RUN_ALL_TIMEOUT)
+        problems = nb.problems_after_run()
+        moved, more = nb.exercise_widgets(redraw_timeout)
+        return moved, problems + more, nb.console_tail()
+    finally:
+        page.screenshot(path=OUTPUT / f"{nb.name}-end.png")
+        page.close()
+        lab.stop_kernels()
+        print(f"{path.name}: {time.monotonic() - start:.1f} s in the browser")
+
+
+def write_toy_notebook(path: Path) -> Path:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(TOY_EXPLORERS)])
+    nb.metadata.kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.mark.parametrize("notebook", WIDGET_NOTEBOOKS)
+def test_widgets_render_and_redraw_in_jupyterlab(browser, lab, notebook):
+    lab, root = lab
+    assert (root / notebook).exists(), f"notebooks/{notebook} is missing"
+    moved, problems, console = run_in_browser(browser, lab, root / notebook)
+    assert not problems, (f"{notebook} in JupyterLab (screenshots in {OUTPUT}):\n  " + "\n  ".join(problems)
+                          + f"\nbrowser console:\n{console}")
+    assert moved, f"{notebook}: no widget control found to move; is the widget displayed?"
+
+
+def test_the_check_catches_a_callback_that_does_not_redraw(browser, lab):
+    lab, root = lab
+    # The toy redraws in milliseconds: 5 s without a change is a callback that does not redraw.
+    path = write_toy_notebook(root / "toy_explorers.ipynb")
+    moved, problems, _ = run_in_browser(browser, lab, path, redraw_timeout=5)
+    assert moved == 2
+    assert len(problems) == 1 and problems[0].startswith(
+        "moving the slider 'slope' of widget 1 did not change its figure"), problems
+
+
+def test_the_check_catches_a_missing_widgets_front_end(browser, tmp_path):
+    root = tmp_path / "notebooks"
+    root.mkdir()
+    path = write_toy_notebook(root / "toy_without_front_end.ipynb")
+    with lab_serving(root, tmp_path / "home", "lab-server-without-widgets.log", (WIDGETS_FRONT_END,)) as lab:
+        moved, problems, _ = run_in_browser(browser, lab, path)
+    assert moved == 0
+    # Each explorer shows as its text repr.
+    assert len(problems) == 2, problems
+    for problem in problems:
+        assert 'shows "VBox(children=(IntSlider(' in problem and problem.endswith("instead of a widget")
+
+
+def test_make_lesson_serves_the_notebooks(tmp_path):
+    """`make lesson` as the README says, with the environment running the tests as the Makefile's BIN
+    (-o: do not reinstall it) and the port chosen here; it must serve notebooks/."""
+    if shutil.which("make") is None:
+        unavailable("`make` is not installed; the README's `make lesson` cannot run")
+    bin_dir = Path(sys.executable).parent
+    command = ["make", "--no-print-directory", "-o", f"{bin_dir}/.installed", "lesson", f"BIN={bin_dir}"]
+    with running_lab(lambda port: [*command, f"PORT={port}"], home=tmp_path, cwd=ROOT,
+                     log=OUTPUT / "make-lesson.log") as lab:
+        served = {item["name"] for item in lab.api("contents")["content"]}
+    notebooks = {p.name for p in (ROOT / "notebooks").glob("*.ipynb")}
+    assert notebooks and notebooks <= served, f"served {sorted(served)}, expected {sorted(notebooks)}"
