@@ -1,4 +1,4 @@
-"""Command line: python -m fcn_lesson {train,evaluate,predict} --help.
+"""Command line: python -m fcn_lesson {train,evaluate,predict,bench} --help.
 
 Two datasets: the classroom shapes (the default: offline, minutes on a laptop CPU) and
 PASCAL VOC with the paper's recipe (`--dataset voc`). Every command also runs under
@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from fcn_lesson import classroom, distributed
+from fcn_lesson import bench, classroom, distributed
 from fcn_lesson.models import VARIANTS
 from fcn_lesson.train import PAPER_RECIPE
 
@@ -76,11 +76,18 @@ def _say(*args, **kwargs) -> None:
 def _shapes_data(args):
     from fcn_lesson.shapes import ShapesDataset
 
-    train = ShapesDataset(args.train_images, args.image_size, seed=args.seed)
     val = ShapesDataset(args.val_images, args.image_size, seed=args.val_seed)
     dataset = {"name": "shapes", "image_size": args.image_size,
                "train_images": args.train_images, "train_seed": args.seed,
                "val_images": args.val_images, "val_seed": args.val_seed}
+    if args.train_sizes:
+        from fcn_lesson.shapes import mixed_size_shapes, replicate_pad_collate
+
+        sizes = tuple(int(s) for s in args.train_sizes.split(","))
+        train = mixed_size_shapes(args.train_images, sizes, seed=args.seed)
+        dataset["train_sizes"] = list(sizes)
+        return train, val, list(val.classes), dataset, {"collate_fn": replicate_pad_collate}
+    train = ShapesDataset(args.train_images, args.image_size, seed=args.seed)
     return train, val, list(train.classes), dataset, {}
 
 
@@ -318,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--train-images", type=int, help="training images (default: 2000 shapes, all voc)")
     t.add_argument("--val-images", type=int, help="validation images (default: 200 shapes, all voc)")
     t.add_argument("--image-size", type=int, default=classroom.IMAGE_SIZE, help="shapes image size")
+    t.add_argument("--train-sizes", help="shapes: train on several canvas sizes, e.g. 96,128,160 "
+                   "(validation stays at --image-size)")
     t.add_argument("--seed", type=int, default=classroom.TRAIN_SEED,
                    help="initialisation, data order and augmentation seed (and shapes training data)")
     t.add_argument("--val-seed", type=int, default=classroom.VAL_SEED, help="shapes validation data seed")
@@ -358,6 +367,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--checkpoint", help="a checkpoint file instead of the shipped one")
         p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
         p.set_defaults(func=func)
+
+    b = sub.add_parser("bench", formatter_class=_HelpFormatter,
+                       help="time the notebooks, models, widgets and training against the targets",
+                       description="Measure what a class waits for: each notebook top to bottom, CPU "
+                                   "inference of the classroom models beside a tutorial-style naive FCN, "
+                                   "widget callbacks, training throughput (and a full-width FCN-8s on a "
+                                   "GPU when there is one), peak memory. Prints a table and writes "
+                                   "bench.json, bench.txt and bench.png to --out.")
+    bench.add_arguments(b)
+    b.set_defaults(func=bench.main)
     return parser
 
 

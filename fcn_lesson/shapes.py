@@ -26,7 +26,8 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+import torch.nn.functional as F
+from torch.utils.data import ConcatDataset, Dataset, TensorDataset
 
 __all__ = [
     "CLASSES",
@@ -58,27 +59,27 @@ PALETTE: torch.Tensor = torch.tensor(
 """Colours (K, 3) uint8 for drawing masks; row k is the colour of class k."""
 
 # ---------------------------------------------------------------------------------------
-# Geometry, in pixels at the reference size of 128 (scaled by min(H, W) / 128).
+# Geometry, in pixels at the reference size of 128 (scaled by min(H, W) / 128 below it).
 # Each entry is a uniform range. "extent" is the size of the shape:
 #   disk: diameter; ring: outer diameter; square: side; triangle: side; bar: length.
 _REFERENCE_SIDE = 128
 _EXTENT = {
-    1: (0.30, 0.50),  # disk
-    2: (0.40, 0.60),  # ring
-    3: (0.28, 0.45),  # square
-    4: (0.35, 0.55),  # triangle
-    5: (0.50, 0.80),  # bar
+    1: (0.35, 0.55),  # disk
+    2: (0.45, 0.65),  # ring
+    3: (0.32, 0.50),  # square
+    4: (0.40, 0.60),  # triangle
+    5: (0.55, 0.85),  # bar
 }
 # Objects are large next to the 32-px cells of FCN-32s (whose blobs then roughly fit the
 # disks and squares) while bars and ring walls stay a few pixels thin, which only the
 # stride-8 skip resolves.
-_RING_THICKNESS = (5.0, 8.0)  # px at 128
-_BAR_WIDTH = (4.0, 6.0)  # px at 128
+_RING_THICKNESS = (6.0, 9.0)  # px at 128
+_BAR_WIDTH = (4.5, 6.5)  # px at 128
 # Lower bounds in pixels so that tiny images (down to 16 px) still show the shapes.
 _MIN_EXTENT = {1: 4.0, 2: 8.0, 3: 4.0, 4: 6.0, 5: 8.0}
 _MIN_THIN = 1.5  # px: thinnest bar / ring wall
 
-_OBJECTS_PER_IMAGE = (1, 4)  # inclusive
+_OBJECTS_PER_IMAGE = (1, 3)  # inclusive
 _MAX_TRIES = 25  # placement attempts per object before it is skipped
 _MIN_VISIBLE = 0.7  # an earlier object must keep this fraction of its pixels visible
 _MIN_CONTRAST = 0.4  # Euclidean RGB distance of an object colour from what lies beneath
@@ -178,9 +179,8 @@ def _background(rng: np.random.Generator, h: int, w: int, scale: float) -> np.nd
 
 def _sample_geometry(rng: np.random.Generator, label: int, h: int, w: int, scale: float):
     """Random extent, thickness, angle and centre for one object of class ``label``."""
-    side = min(h, w)
     lo, hi = _EXTENT[label]
-    extent = max(rng.uniform(lo, hi) * side, _MIN_EXTENT[label])
+    extent = max(rng.uniform(lo, hi) * _REFERENCE_SIDE * scale, _MIN_EXTENT[label])
     thickness = float("nan")
     if label == 2:
         thickness = max(rng.uniform(*_RING_THICKNESS) * scale, _MIN_THIN)
@@ -239,7 +239,9 @@ def _sdf(label: int, u: np.ndarray, v: np.ndarray, extent: float, thickness: flo
 def render_shapes(rng: np.random.Generator, height: int, width: int) -> ShapeSample:
     """Draw one random image of shapes with ``rng``; see the module docstring."""
     h, w = int(height), int(width)
-    scale = min(h, w) / _REFERENCE_SIDE
+    # Smaller images shrink the shapes to fit; larger ones keep the 128-px shapes on a larger
+    # canvas, so a model trained at 128 px meets the same objects at any size.
+    scale = min(h, w, _REFERENCE_SIDE) / _REFERENCE_SIDE
     background = _background(rng, h, w, scale)
     image = background.copy()
     mask = np.zeros((h, w), dtype=np.uint8)
@@ -322,7 +324,8 @@ class ShapesDataset(Dataset):
     Args:
         num_images: number of items.
         image_size: an int (square) or an ``(H, W)`` pair, each at least 16. Any size
-            works, not only multiples of 32. Object sizes scale with ``min(H, W)``.
+            works, not only multiples of 32. Below 128 px objects shrink with
+            ``min(H, W)``; above it they keep their 128-px size on a larger canvas.
         seed: item ``i`` depends only on ``(seed, i, image_size)``, so datasets with the
             same seed agree item by item whatever their length.
 
@@ -402,3 +405,30 @@ class ShapesDataset(Dataset):
                 masks[i] = s.mask
             self._tensors = (torch.from_numpy(images), torch.from_numpy(masks))
         return self._tensors
+
+
+def mixed_size_shapes(num_images: int, sizes: tuple[int, ...], seed: int = 0) -> ConcatDataset:
+    """`num_images` split evenly over canvases of several sizes, generated once.
+
+    Training on one size only lets a net tie its features to that one grid of 32-px cells
+    (where the zero padding of fc6 falls); mixing 96, 128 and 160 px (3, 4 and 5 cells) keeps
+    it honest at sizes it never saw. Batch it with `replicate_pad_collate`.
+    """
+    if not sizes:
+        raise ValueError("sizes must name at least one image size")
+    per_size = [num_images // len(sizes) + (k < num_images % len(sizes)) for k in range(len(sizes))]
+    return ConcatDataset([TensorDataset(*ShapesDataset(n, s, seed=seed).tensors())
+                          for n, s in zip(per_size, sizes, strict=True)])
+
+
+def replicate_pad_collate(batch):
+    """Stack (image, mask) pairs of different sizes: pad bottom/right to the largest, images
+    by replicating their border (as the models pad their input), masks with 255 (ignored)."""
+    height = max(img.shape[-2] for img, _ in batch)
+    width = max(img.shape[-1] for img, _ in batch)
+    images, masks = [], []
+    for img, mask in batch:
+        pad = (0, width - img.shape[-1], 0, height - img.shape[-2])
+        images.append(F.pad(img[None], pad, mode="replicate")[0])
+        masks.append(F.pad(mask, pad, value=IGNORE_INDEX))
+    return torch.stack(images), torch.stack(masks)

@@ -90,7 +90,8 @@ def lab_serving(root: Path, home: Path, log: str, disabled_extensions: tuple[str
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
+def lab_with_notebooks(tmp_path_factory):
+    """One JupyterLab for the module, serving a copy of notebooks/ with the outputs cleared."""
     root = tmp_path_factory.mktemp("notebooks")
     copy_notebooks(ROOT / "notebooks", root)
     with lab_serving(root, tmp_path_factory.mktemp("lab-home"), "lab-server.log") as lab:
@@ -125,8 +126,8 @@ def write_toy_notebook(path: Path) -> Path:
 
 
 @pytest.mark.parametrize("notebook", WIDGET_NOTEBOOKS)
-def test_widgets_render_and_redraw_in_jupyterlab(browser, lab, notebook):
-    lab, root = lab
+def test_widgets_render_and_redraw_in_jupyterlab(browser, lab_with_notebooks, notebook):
+    lab, root = lab_with_notebooks
     assert (root / notebook).exists(), f"notebooks/{notebook} is missing"
     moved, problems, console = run_in_browser(browser, lab, root / notebook)
     assert not problems, (f"{notebook} in JupyterLab (screenshots in {OUTPUT}):\n  " + "\n  ".join(problems)
@@ -134,8 +135,8 @@ def test_widgets_render_and_redraw_in_jupyterlab(browser, lab, notebook):
     assert moved, f"{notebook}: no widget control found to move; is the widget displayed?"
 
 
-def test_the_check_catches_a_callback_that_does_not_redraw(browser, lab):
-    lab, root = lab
+def test_the_check_catches_a_callback_that_does_not_redraw(browser, lab_with_notebooks):
+    lab, root = lab_with_notebooks
     # The toy redraws in milliseconds: 5 s without a change is a callback that does not redraw.
     path = write_toy_notebook(root / "toy_explorers.ipynb")
     moved, problems, _ = run_in_browser(browser, lab, path, redraw_timeout=5)

@@ -115,7 +115,7 @@ def test_every_image_has_objects_and_all_classes_appear(tensors200, samples200):
     assert 0.75 <= freq[0] <= 0.95, f"background fraction {freq[0]:.3f}"
     assert (freq[1:] >= 0.003).all(), freq
     n_objects = [len(s.objects) for s in samples200]
-    assert min(n_objects) >= 1 and max(n_objects) <= 4
+    assert min(n_objects) >= 1 and max(n_objects) <= 3
     # each class is an object in many images
     present = torch.stack([torch.bincount(m.flatten(), minlength=K) > 0 for m in masks])
     assert (present[:, 1:].sum(0) >= 40).all(), present.sum(0)
@@ -131,12 +131,14 @@ def test_mask_matches_recorded_objects(samples200):
         assert ((s.instances > 0) == (s.mask > 0)).all()
 
 
-def test_objects_scale_with_image_and_stay_inside():
+def test_objects_scale_with_small_images_and_stay_inside():
+    """Below 128 px shapes shrink with the image; above, they keep their 128-px size."""
     for size in (64, 128, 256):
         ds = ShapesDataset(40, size, seed=2)
-        extents = [o.extent / size for i in range(len(ds)) for o in ds.sample(i).objects]
-        assert 0.25 <= min(extents) and max(extents) <= 0.85, size
-        assert 0.35 <= np.median(extents) <= 0.6, size
+        reference = min(size, 128)
+        extents = [o.extent / reference for i in range(len(ds)) for o in ds.sample(i).objects]
+        assert 0.3 <= min(extents) and max(extents) <= 0.9, size
+        assert 0.4 <= np.median(extents) <= 0.65, size
         # no object is cut by the image border: the outer rows/columns are background
         _, masks = ds.tensors()
         assert (masks[:, 0, :] == 0).all() and (masks[:, -1, :] == 0).all()
@@ -159,7 +161,8 @@ def test_colour_is_not_a_class_cue(samples200):
         assert (stds[k] > 0.2).all(), (CLASSES[k], stds[k])
         # ... centred alike for every class
         for j in range(k + 1, K):
-            assert np.abs(means[k] - means[j]).max() < 0.12, (CLASSES[k], CLASSES[j])
+            # (~60 objects a class: sampling noise of a difference of means is ~0.05)
+            assert np.abs(means[k] - means[j]).max() < 0.15, (CLASSES[k], CLASSES[j])
     # a nearest-class-mean colour classifier is no better than chance
     X = np.concatenate([np.array(v) for v in per_class.values()])
     y = np.concatenate([np.full(len(v), k) for k, v in per_class.items()])
@@ -215,8 +218,8 @@ def _bar_widths(samples):
 def test_bars_are_thin(samples200):
     widths = _bar_widths(samples200)
     assert len(widths) >= 30
-    assert 4.0 <= np.median(widths) <= 6.0, np.median(widths)
-    assert widths.min() >= 3.0 and widths.max() <= 7.0, (widths.min(), widths.max())
+    assert 4.5 <= np.median(widths) <= 6.5, np.median(widths)
+    assert widths.min() >= 3.5 and widths.max() <= 7.5, (widths.min(), widths.max())
     # thin compared with the stride of the coarsest FCN (32 px), and with their length
     lengths = [o.extent for s in samples200 for o in s.objects if o.label == BAR]
     assert min(lengths) >= 10 * widths.max()
@@ -244,7 +247,7 @@ def test_rings_have_holes(samples200):
 def test_ring_hole_larger_than_wall_and_wall_thin(samples200):
     rings = [o for s in samples200 for o in s.objects if o.label == RING]
     walls = np.array([o.thickness for o in rings])
-    assert 5.0 <= walls.min() and walls.max() <= 8.0
+    assert 6.0 <= walls.min() and walls.max() <= 9.0
     holes = np.array([o.extent - 2 * o.thickness for o in rings])
     assert holes.min() >= 15  # a stride-32 prediction cannot draw such a hole
 
@@ -312,8 +315,10 @@ def test_bad_index_raises():
 
 
 def test_thousand_images_are_fast():
-    t = time.perf_counter()
+    # CPU time of this process, not wall time: the generator is single-threaded numpy, and
+    # on a shared machine (a training job beside the tests) wall time measures the neighbours.
+    t = time.process_time()
     images, masks = ShapesDataset(1000, 128, seed=11).tensors()
-    elapsed = time.perf_counter() - t
+    elapsed = time.process_time() - t
     assert images.shape[0] == 1000
-    assert elapsed < 5.0, f"1,000 images took {elapsed:.1f} s"
+    assert elapsed < 5.0, f"1,000 images took {elapsed:.1f} s of CPU time"
