@@ -204,3 +204,14 @@ def test_evaluate_ignores_255(tiny_data):
     scores = evaluate(model, data)
     assert int(scores["confusion"].sum()) == int((masks != 255).sum())
     assert not math.isnan(scores["boundary_acc"])
+
+
+def test_checkpoint_gets_ordinary_file_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "m.pt", FCN32s(**TINY))
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644
