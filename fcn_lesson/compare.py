@@ -248,6 +248,6 @@ def format_table(rows: Sequence[dict], digits: int = 1, headers: Mapping[str, st
     # Words line up on the left, numbers (and "89.1 / 90.3", "128 x 128") on the right.
     left = [all(line[i][:1].isalpha() for line in lines[1:]) for i in range(len(keys))]
     text = ["  ".join(c.ljust(w) if is_left else c.rjust(w)
-                      for c, w, is_left in zip(line, widths, left, strict=True)) for line in lines]
+                      for c, w, is_left in zip(line, widths, left, strict=True)).rstrip() for line in lines]
     text.insert(1, "-" * len(text[0]))
     return "\n".join(text)

@@ -322,3 +322,18 @@ def test_thousand_images_are_fast():
     elapsed = time.process_time() - t
     assert images.shape[0] == 1000
     assert elapsed < 5.0, f"1,000 images took {elapsed:.1f} s of CPU time"
+
+
+def test_mixed_sizes_batch_with_replicate_padding():
+    from torch.utils.data import DataLoader
+
+    from fcn_lesson.shapes import mixed_size_shapes, replicate_pad_collate
+
+    data = mixed_size_shapes(7, (40, 56), seed=3)
+    assert len(data) == 7 and data[0][0].shape == (3, 40, 40) and data[6][0].shape == (3, 56, 56)
+    images, masks = next(iter(DataLoader(data, batch_size=7, collate_fn=replicate_pad_collate)))
+    assert images.shape == (7, 3, 56, 56) and masks.shape == (7, 56, 56)
+    small_img, small_mask = data[0]
+    assert torch.equal(images[0, :, :40, :40], small_img) and torch.equal(masks[0, :40, :40], small_mask)
+    assert (masks[0, 40:] == 255).all() and (masks[0, :, 40:] == 255).all()
+    assert torch.equal(images[0, :, 50, :40], small_img[:, 39, :])  # border row replicated
