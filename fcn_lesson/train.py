@@ -10,6 +10,7 @@ Checkpoints carry their metadata, are written atomically and are read with
 `torch.load(weights_only=True)`.
 """
 
+import contextlib
 import itertools
 import math
 import os
@@ -140,6 +141,14 @@ def _autocast(device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+def _exact_inference(device: torch.device):
+    # Inference stays fp32, without cuDNN's TF32 on GPUs, so evaluation numbers on a GPU
+    # match the CPU's (the notebooks check them); training is where bf16 pays off.
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.backends.cudnn.flags(enabled=True, allow_tf32=False)
+
+
 @torch.no_grad()
 def predict(model: FCN, images: torch.Tensor, device: str | torch.device | None = None,
             batch_size: int = 16) -> torch.Tensor:
@@ -149,7 +158,7 @@ def predict(model: FCN, images: torch.Tensor, device: str | torch.device | None 
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
-        with _autocast(device):
+        with _exact_inference(device):
             out.append(model(images[start:start + batch_size].to(device)).argmax(1).cpu())
     model.train(was_training)
     return torch.cat(out)
