@@ -4,8 +4,8 @@ Five parts (--parts), each a function returning plain data:
   notebooks  every notebook executed top to bottom (nbclient, in memory: the committed files
              are never written), its time, slowest cell and the kernel's peak memory;
   latency    CPU inference per image, batch 1 and 16, of the classroom FCN-32s/16s/8s against
-             `naive_reference.NaiveFCN` (the tutorial-style code) at the same width, timed in
-             alternation (ours, naive, ours, naive, ...) so that both see the same machine load;
+             `naive_reference.NaiveFCN` (the tutorial-style code) at the same width, timed
+             taking turns (ours, naive, naive, ours, ...) so that both see the same machine load;
   widgets    how long each explorer takes to react to a control (the `observe` callback on
              cached activations, as in the notebooks; the browser round trip is not included);
   train      training throughput of the classroom models on the CPU and, when CUDA is present,
@@ -179,8 +179,11 @@ def bench_notebooks(notebook_dir: Path = NOTEBOOK_DIR, timeout: int = 600, progr
 
 # --- 2. inference latency --------------------------------------------------------------------
 
-def _alternate(ours, naive, x: torch.Tensor, repeat: int, warmup: int) -> tuple[list, list]:
-    """Seconds per call of ours and of naive on x, timed one after the other `repeat` times."""
+def take_turns(ours, naive, x: torch.Tensor, repeat: int, warmup: int) -> tuple[list, list]:
+    """Seconds per call of ours and of naive on x, `repeat` each, in the order ours, naive,
+    naive, ours, ours, ... The second of two back-to-back calls can run up to ~10% faster
+    or slower than the first (caches, allocator), whichever net it is: taking turns at
+    going first cancels that out of the ratio."""
     def run_ours():
         with torch.inference_mode():
             ours(x)
@@ -193,16 +196,17 @@ def _alternate(ours, naive, x: torch.Tensor, repeat: int, warmup: int) -> tuple[
         run_ours()
         run_naive()
     ours_s, naive_s = [], []
-    for _ in range(repeat):
-        ours_s.append(_timed(run_ours))
-        naive_s.append(_timed(run_naive))
+    pair = ((run_ours, ours_s), (run_naive, naive_s))
+    for i in range(repeat):
+        for run, seconds in pair if i % 2 == 0 else pair[::-1]:
+            seconds.append(_timed(run))
     return ours_s, naive_s
 
 
 def bench_latency(sizes=(128, 512), batches=BATCHES, repeat: int = 10, warmup: int = 2) -> dict:
     """Per-image CPU latency (ms, median of `repeat`) of the classroom models and of the
-    tutorial-style `NaiveFCN` with the same weights, measured alternately; the ratio is
-    naive / ours (> 1: ours is faster). Ours runs as the notebooks run it (eval,
+    tutorial-style `NaiveFCN` with the same weights, taking turns; the ratio is the median
+    of naive / ours over the rounds (> 1: ours is faster). Ours runs as the notebooks run it (eval,
     `torch.inference_mode`), the naive net as tutorials do (eval, `torch.no_grad`)."""
     rows = []
     for variant in VARIANTS:
@@ -214,12 +218,15 @@ def bench_latency(sizes=(128, 512), batches=BATCHES, repeat: int = 10, warmup: i
                 x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
                 with FlopCounterMode(display=False) as flops, torch.inference_mode():
                     ours(x)
-                ours_s, naive_s = _alternate(ours, naive, x, repeat, warmup)
+                ours_s, naive_s = take_turns(ours, naive, x, repeat, warmup)
                 ours_ms = 1000 * statistics.median(ours_s) / batch
                 naive_ms = 1000 * statistics.median(naive_s) / batch
+                # A round's two runs follow each other: their ratio is free of the slower drift
+                # (clock speed, other processes, memory state) that moves both over a whole run.
+                ratio = statistics.median(n / o for o, n in zip(ours_s, naive_s, strict=True))
                 rows.append({"variant": variant, "size": size, "batch": batch,
                              "ours_ms": round(ours_ms, 3), "naive_ms": round(naive_ms, 3),
-                             "ratio": round(naive_ms / ours_ms, 3),
+                             "ratio": round(ratio, 3),
                              "ours_gflop_per_s": round(flops.get_total_flops() / batch / ours_ms / 1e6, 1)})
     return {"rows": rows, "repeat": repeat, "threads": torch.get_num_threads()}
 
@@ -235,12 +242,11 @@ def _classroom_models() -> tuple[dict, str]:
     return {v: classroom.make_classroom_model(v).eval() for v in VARIANTS}, "untrained"
 
 
-def _widget_setups():
+def _widget_setups(models: dict):
     """(name, explorer factory, [(control attribute, values to cycle through)]), each built as
     its notebook builds it. Consecutive values differ, so every assignment fires the callback."""
     from fcn_lesson.widgets import FusionExplorer, LayerExplorer, OutputGridExplorer, UpsamplingExplorer
 
-    models, _ = _classroom_models()
     gains = [0.0, 0.5, 1.0, 1.5, 2.0, 1.2, 0.3]
     return [
         ("output grid (nb 1)", lambda: OutputGridExplorer(height=375, width=500, row=2, col=4),
@@ -257,11 +263,11 @@ def _widget_setups():
 
 def bench_widgets(repeat: int = 10) -> dict:
     """Median and 95th percentile (ms) of setting a control's `.value` on each explorer:
-    the callback the browser triggers (update + redraw), on cached activations. Every value
+    the callback the browser triggers (update + redraw), on cached activations and images. Every value
     is visited once first (filling caches); then 5 x `repeat` timed assignments per control."""
     rows = []
-    _, weights = _classroom_models()
-    for name, make, controls in _widget_setups():
+    models, weights = _classroom_models()
+    for name, make, controls in _widget_setups(models):
         explorer = make()
         for attribute, values in controls:
             control = getattr(explorer, attribute)
@@ -492,7 +498,7 @@ def report(results: dict) -> str:
         out += [f"  {r['notebook']} FAILED: {r['error']}" for r in nb["rows"] if r["error"]]
     if "latency" in results:
         lat = results["latency"]
-        out += ["", f"2. CPU inference, ms per image (median of {lat['repeat']} alternating runs, "
+        out += ["", f"2. CPU inference, ms per image (median of {lat['repeat']} runs each, taking turns, "
                     f"{lat['threads']} threads); ratio = naive / ours",
                 _rows(lat["rows"], ("variant", "size", "batch", "ours_ms", "naive_ms", "ratio",
                                     "ours_gflop_per_s"),

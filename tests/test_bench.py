@@ -18,6 +18,7 @@ from fcn_lesson.bench import (
     peak_bf16_tflops,
     percentile,
     run,
+    take_turns,
 )
 from fcn_lesson.classroom import make_classroom_model
 from fcn_lesson.cli import main
@@ -104,6 +105,15 @@ def test_percentile_is_numpys_linear_percentile():
         percentile([], 95)
 
 
+def test_ours_and_naive_take_turns_at_going_first():
+    calls = []
+    ours_s, naive_s = take_turns(lambda x: calls.append("ours"), lambda x: calls.append("naive"),
+                                 torch.zeros(1), repeat=4, warmup=1)
+    assert calls == ["ours", "naive",  # warm-up, untimed
+                     "ours", "naive", "naive", "ours", "ours", "naive", "naive", "ours"]
+    assert len(ours_s) == len(naive_s) == 4
+
+
 def test_targets_judge_the_numbers():
     results = {
         "notebooks": {"rows": [{"notebook": "a.ipynb", "seconds": 30.0},
@@ -184,7 +194,7 @@ def test_smoke_latency_widgets_train_memory_rows(smoke):
         (v, b) for v in ("fcn32s", "fcn16s", "fcn8s") for b in (1, 16)]
     for r in latency:
         assert r["ours_ms"] > 0 and r["naive_ms"] > 0
-        assert r["ratio"] == pytest.approx(r["naive_ms"] / r["ours_ms"], rel=0.01)
+        assert 0.2 < r["ratio"] < 5  # the median of per-round ratios: near naive_ms / ours_ms
     widgets = {(r["widget"].split(" (")[0], r["control"]) for r in results["widgets"]["rows"]}
     assert {("fusion", "pool4_gain"), ("layers", "channel"), ("output grid", "height"),
             ("upsampling", "factor")} <= widgets
