@@ -179,11 +179,21 @@ def bench_notebooks(notebook_dir: Path = NOTEBOOK_DIR, timeout: int = 600, progr
 
 # --- 2. inference latency --------------------------------------------------------------------
 
-def take_turns(ours, naive, x: torch.Tensor, repeat: int, warmup: int) -> tuple[list, list]:
+def minor_page_faults() -> int | None:
+    """Page faults of this process so far that needed no disk: each one is the kernel
+    handing over (and zeroing) a fresh page of memory. None where the OS does not count them."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def take_turns(ours, naive, x: torch.Tensor, repeat: int, warmup: int) -> dict:
     """Seconds per call of ours and of naive on x, `repeat` each, in the order ours, naive,
     naive, ours, ours, ... The second of two back-to-back calls can run up to ~10% faster
     or slower than the first (caches, allocator), whichever net it is: taking turns at
-    going first cancels that out of the ratio."""
+    going first cancels that out of the ratio. Also the page faults per call of each."""
     def run_ours():
         with torch.inference_mode():
             ours(x)
@@ -195,12 +205,17 @@ def take_turns(ours, naive, x: torch.Tensor, repeat: int, warmup: int) -> tuple[
     for _ in range(warmup):
         run_ours()
         run_naive()
-    ours_s, naive_s = [], []
-    pair = ((run_ours, ours_s), (run_naive, naive_s))
+    counted = minor_page_faults() is not None
+    seconds, faults = {"ours": [], "naive": []}, {"ours": 0, "naive": 0}
+    pair = (("ours", run_ours), ("naive", run_naive))
     for i in range(repeat):
-        for run, seconds in pair if i % 2 == 0 else pair[::-1]:
-            seconds.append(_timed(run))
-    return ours_s, naive_s
+        for name, run in pair if i % 2 == 0 else pair[::-1]:
+            before = minor_page_faults()
+            seconds[name].append(_timed(run))
+            if counted:
+                faults[name] += minor_page_faults() - before
+    return {"seconds": seconds,
+            "faults_per_call": {k: round(n / repeat) if counted else None for k, n in faults.items()}}
 
 
 def bench_latency(sizes=(128, 512), batches=BATCHES, repeat: int = 10, warmup: int = 2) -> dict:
@@ -218,7 +233,8 @@ def bench_latency(sizes=(128, 512), batches=BATCHES, repeat: int = 10, warmup: i
                 x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
                 with FlopCounterMode(display=False) as flops, torch.inference_mode():
                     ours(x)
-                ours_s, naive_s = take_turns(ours, naive, x, repeat, warmup)
+                timed = take_turns(ours, naive, x, repeat, warmup)
+                ours_s, naive_s = timed["seconds"]["ours"], timed["seconds"]["naive"]
                 ours_ms = 1000 * statistics.median(ours_s) / batch
                 naive_ms = 1000 * statistics.median(naive_s) / batch
                 # A round's two runs follow each other: their ratio is free of the slower drift
@@ -227,7 +243,8 @@ def bench_latency(sizes=(128, 512), batches=BATCHES, repeat: int = 10, warmup: i
                 rows.append({"variant": variant, "size": size, "batch": batch,
                              "ours_ms": round(ours_ms, 3), "naive_ms": round(naive_ms, 3),
                              "ratio": round(ratio, 3),
-                             "ours_gflop_per_s": round(flops.get_total_flops() / batch / ours_ms / 1e6, 1)})
+                             "ours_gflop_per_s": round(flops.get_total_flops() / batch / ours_ms / 1e6, 1),
+                             "ours_page_faults": timed["faults_per_call"]["ours"]})
     return {"rows": rows, "repeat": repeat, "threads": torch.get_num_threads()}
 
 
@@ -501,8 +518,9 @@ def report(results: dict) -> str:
         out += ["", f"2. CPU inference, ms per image (median of {lat['repeat']} runs each, taking turns, "
                     f"{lat['threads']} threads); ratio = naive / ours",
                 _rows(lat["rows"], ("variant", "size", "batch", "ours_ms", "naive_ms", "ratio",
-                                    "ours_gflop_per_s"),
-                      {"ours_ms": "ours ms", "naive_ms": "naive ms", "ours_gflop_per_s": "ours GFLOP/s"})]
+                                    "ours_gflop_per_s", "ours_page_faults"),
+                      {"ours_ms": "ours ms", "naive_ms": "naive ms", "ours_gflop_per_s": "ours GFLOP/s",
+                       "ours_page_faults": "page faults/call"})]
     if "widgets" in results:
         w = results["widgets"]
         out += ["", f"3. Widget callback latency, ms ({w['weights']} classroom models)",

@@ -15,6 +15,7 @@ from fcn_lesson.bench import (
     PARTS,
     bench_train_gpu,
     check_targets,
+    minor_page_faults,
     peak_bf16_tflops,
     percentile,
     run,
@@ -107,11 +108,19 @@ def test_percentile_is_numpys_linear_percentile():
 
 def test_ours_and_naive_take_turns_at_going_first():
     calls = []
-    ours_s, naive_s = take_turns(lambda x: calls.append("ours"), lambda x: calls.append("naive"),
-                                 torch.zeros(1), repeat=4, warmup=1)
+    timed = take_turns(lambda x: calls.append("ours"), lambda x: calls.append("naive"),
+                       torch.zeros(1), repeat=4, warmup=1)
     assert calls == ["ours", "naive",  # warm-up, untimed
                      "ours", "naive", "naive", "ours", "ours", "naive", "naive", "ours"]
-    assert len(ours_s) == len(naive_s) == 4
+    assert len(timed["seconds"]["ours"]) == len(timed["seconds"]["naive"]) == 4
+
+
+def test_page_faults_count_fresh_memory():
+    before = minor_page_faults()
+    block = bytearray(64 * 2**20)  # 64 MB the kernel must hand over page by page
+    block[::4096] = b"x" * len(block[::4096])
+    # one fault per 4 KB page, or per 2 MB one where transparent huge pages are always on
+    assert minor_page_faults() - before >= 64 // 2
 
 
 def test_targets_judge_the_numbers():
@@ -195,6 +204,7 @@ def test_smoke_latency_widgets_train_memory_rows(smoke):
     for r in latency:
         assert r["ours_ms"] > 0 and r["naive_ms"] > 0
         assert 0.2 < r["ratio"] < 5  # the median of per-round ratios: near naive_ms / ours_ms
+        assert r["ours_page_faults"] >= 0
     widgets = {(r["widget"].split(" (")[0], r["control"]) for r in results["widgets"]["rows"]}
     assert {("fusion", "pool4_gain"), ("layers", "channel"), ("output grid", "height"),
             ("upsampling", "factor")} <= widgets
