@@ -52,6 +52,9 @@ PEAK_BF16_TFLOPS = (
     ("RTX 4090", 165.0),
 )
 
+# A 1-minute load average above this when the run starts means someone else is computing.
+BUSY_LOAD = 0.5
+
 TARGETS = {"notebook_s": 60.0, "notebooks_total_s": 360.0, "widget_median_ms": 100.0,
            "fcn8s_128_batch1_ms": 5.0, "naive_ratio": 1.0, "gpu_bf16_speedup": 2.5,
            "gpu_share_of_peak": 0.35}
@@ -504,6 +507,9 @@ def report(results: dict) -> str:
     load = f", load average {m['load_average_1min']} at start" if "load_average_1min" in m else ""
     out = [f"Machine: {m['cpu']}, {m['cpu_count']} logical CPUs (torch uses {m['torch_threads']} threads)"
            f"{gpu}; torch {m['torch']}, Python {m['python']}; {m['started_utc']}{load}"]
+    if m.get("load_average_1min", 0) >= BUSY_LOAD:
+        out.append("WARNING: other programs were using the CPU when this run started; they slow these "
+                   "numbers down and make them noisy. Close them and run again for numbers to publish.")
     if "notebooks" in results:
         nb = results["notebooks"]
         out += ["", "1. Notebooks, top to bottom (kernel start not included)",

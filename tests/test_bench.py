@@ -18,6 +18,7 @@ from fcn_lesson.bench import (
     minor_page_faults,
     peak_bf16_tflops,
     percentile,
+    report,
     run,
     take_turns,
 )
@@ -136,6 +137,13 @@ def test_targets_judge_the_numbers():
                    "FCN-8s classroom, 128 px, batch 1 (ms/image)": True,
                    "naive / ours, slowest case (fcn8s 512 px batch 16)": False,
                    "widget median, slowest (w: c) (ms)": True}
+
+
+def test_report_warns_when_the_cpu_was_busy():
+    machine = {"cpu": "x", "cpu_count": 2, "torch_threads": 2, "cuda": None, "torch": "2", "python": "3",
+               "started_utc": "now"}
+    assert "WARNING: other programs" in report({"machine": {**machine, "load_average_1min": 1.9}})
+    assert "WARNING" not in report({"machine": {**machine, "load_average_1min": 0.1}})
 
 
 def test_bad_options_are_explained(capsys, tmp_path):
