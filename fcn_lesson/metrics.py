@@ -102,14 +102,20 @@ def boundary_distance(target: torch.Tensor, max_distance: int = 16) -> torch.Ten
     return distance
 
 
+def boundary_band(target: torch.Tensor, width: int = 3,
+                  ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """The labelled pixels within `width` of a label edge (the trimap band), shaped as target."""
+    band = (boundary_distance(target, width + 1) <= width).reshape(target.shape)
+    return band & (target != ignore_index)
+
+
 def boundary_accuracy(pred: torch.Tensor, target: torch.Tensor, width: int = 3,
                       ignore_index: int = IGNORE_INDEX) -> float:
     """Pixel accuracy over the trimap band of pixels within `width` of a label edge
     (the paper's Fig. 4 measure of how well a net keeps boundaries)."""
     if pred.shape != target.shape:
         raise ValueError(f"pred and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
-    band = (boundary_distance(target, width + 1) <= width).reshape(target.shape)
-    band &= target != ignore_index
+    band = boundary_band(target, width, ignore_index)
     if not band.any():
         return math.nan
     return (pred[band] == target[band]).double().mean().item()

@@ -33,7 +33,7 @@ from torch.utils.data import (
 from tqdm.auto import tqdm
 
 from fcn_lesson import distributed
-from fcn_lesson.metrics import IGNORE_INDEX, boundary_distance, confusion_matrix, segmentation_scores
+from fcn_lesson.metrics import IGNORE_INDEX, boundary_band, confusion_matrix, segmentation_scores
 from fcn_lesson.models import FCN, VARIANTS, build_model
 
 CHECKPOINT_FORMAT = 1
@@ -187,7 +187,7 @@ def evaluate(model: FCN, data: Dataset, batch_size: int = 16,
         for images, masks in batches:
             pred = predict(model, images, device)
             cm += confusion_matrix(pred, masks, model.num_classes)
-            band = _boundary_band(masks, boundary_width)
+            band = boundary_band(masks, boundary_width)
             band_hits += int((pred[band] == masks[band]).sum())
             band_total += int(band.sum())
             bar.update()
@@ -205,12 +205,6 @@ def _bar(total: int, initial: int, desc: str, show: bool, leave: bool):
     # A bar updated by hand, not tqdm(loader): tqdm.auto calls iter() on what it wraps, which
     # for a DataLoader starts a throwaway pass (forking workers, drawing from its generator).
     return tqdm(total=total, initial=initial, desc=desc, disable=not show, leave=leave)
-
-
-def _boundary_band(masks: torch.Tensor, width: int) -> torch.Tensor:
-    """The labelled pixels within `width` of a label edge (as metrics.boundary_accuracy)."""
-    band = boundary_distance(masks, width + 1).reshape(masks.shape) <= width
-    return band & (masks != IGNORE_INDEX)
 
 
 def fit(model: FCN, train_data: Dataset, val_data: Dataset | None = None, *, epochs: int = 10,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from support import scored_classroom_model as _model
 
 from fcn_lesson import BilinearUpsample, bilinear_kernel
 from fcn_lesson.bench import (
@@ -22,22 +22,12 @@ from fcn_lesson.bench import (
     run,
     take_turns,
 )
-from fcn_lesson.classroom import make_classroom_model
 from fcn_lesson.cli import main
 from fcn_lesson.naive_reference import NaiveFCN, get_upsampling_weight
 
 no_cuda = not torch.cuda.is_available()
 
 
-def _model(variant: str):
-    # Score layers start at zero; random ones make every skip show in the output.
-    torch.manual_seed(0)
-    model = make_classroom_model(variant).eval()
-    with torch.no_grad():
-        for name in ("score_fr", "score_pool4", "score_pool3"):
-            if hasattr(model, name):
-                nn.init.normal_(getattr(model, name).weight, std=0.1)
-    return model
 
 
 # --- the naive reference -------------------------------------------------------------------

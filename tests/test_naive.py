@@ -2,20 +2,9 @@
 
 import pytest
 import torch
-from torch import nn
+from support import scored_classroom_model as _model
 
-from fcn_lesson.classroom import make_classroom_model
 from fcn_lesson.naive import naive_fcn32s_output_size, naive_forward
-
-
-def _model(variant: str):
-    torch.manual_seed(0)
-    model = make_classroom_model(variant).eval()
-    with torch.no_grad():
-        for name in ("score_fr", "score_pool4", "score_pool3"):
-            if hasattr(model, name):
-                nn.init.normal_(getattr(model, name).weight, std=0.1)
-    return model
 
 
 def test_output_size_is_32_floor_n_over_32():

@@ -11,9 +11,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from support import scored_classroom_model as _model  # noqa: E402
 from torch import nn  # noqa: E402
 
-from fcn_lesson.classroom import make_classroom_model  # noqa: E402
 from fcn_lesson.models import FCN8s  # noqa: E402
 from fcn_lesson.shapes import ShapesDataset  # noqa: E402
 from fcn_lesson.widgets.layers import (  # noqa: E402
@@ -26,15 +26,6 @@ from fcn_lesson.widgets.layers import (  # noqa: E402
 CONVS = [f"conv{i}_{j}" for i, n in enumerate((2, 2, 3, 3, 3), 1) for j in range(1, n + 1)]
 
 
-def _model(variant: str, seed: int = 0):
-    # Score layers start at zero; random ones make every score map worth comparing.
-    torch.manual_seed(seed)
-    model = make_classroom_model(variant).eval()
-    with torch.no_grad():
-        for name in ("score_fr", "score_pool4", "score_pool3"):
-            if hasattr(model, name):
-                nn.init.normal_(getattr(model, name).weight, std=0.1)
-    return model
 
 
 def _hooked(model, module: nn.Module, image: torch.Tensor) -> torch.Tensor:
