@@ -8,7 +8,6 @@ re-runs `model.fuse` on them (well under a millisecond) and re-encodes four smal
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import ipywidgets as widgets
@@ -16,12 +15,12 @@ import numpy as np
 import torch
 from IPython.display import display
 from matplotlib import colormaps
-from PIL import Image
 
 from fcn_lesson.fusion import image_mean_iou
 from fcn_lesson.models import FCN
 from fcn_lesson.shapes import CLASSES, PALETTE
 from fcn_lesson.viz import colorize, to_numpy_image
+from fcn_lesson.widgets.png import encode_png
 
 __all__ = ["FusionExplorer", "FusionView"]
 
@@ -41,14 +40,6 @@ class FusionView:
     score_limit: float  # the colour scale is [-score_limit, score_limit]
     mean_iou: float  # this prediction against the image's ground truth
     trained_mean_iou: float  # ... and the trained net's (both gains 1)
-
-
-def _png(rgb: np.ndarray, zoom: int) -> bytes:
-    # Nearest-neighbour zoom keeps the pixels sharp; the browser would blur them.
-    rgb = np.repeat(np.repeat(rgb, zoom, axis=0), zoom, axis=1)
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="png", compress_level=1)
-    return buffer.getvalue()
 
 
 def _score_rgb(score: torch.Tensor, limit: float) -> np.ndarray:
@@ -127,8 +118,8 @@ class FusionExplorer:
                 # One colour scale per image and class (the trained scores'), so moving a
                 # gain slider changes the colours, not the scale.
                 "limits": out.flatten(1).abs().amax(1).clamp_min(1e-6).tolist(),
-                "image_png": _png(to_numpy_image(image), self.zoom),
-                "mask_png": _png(colorize(mask, self.palette), self.zoom),
+                "image_png": encode_png(to_numpy_image(image), self.zoom),
+                "mask_png": encode_png(colorize(mask, self.palette), self.zoom),
             }
         return self._cache[index]
 
@@ -149,8 +140,8 @@ class FusionExplorer:
                                             self.model.num_classes))
         self.views["image"].value = entry["image_png"]
         self.views["ground truth"].value = entry["mask_png"]
-        self.views["prediction"].value = _png(colorize(prediction, self.palette), self.zoom)
-        self.views["class score"].value = _png(_score_rgb(view.class_score, limit), self.zoom)
+        self.views["prediction"].value = encode_png(colorize(prediction, self.palette), self.zoom)
+        self.views["class score"].value = encode_png(_score_rgb(view.class_score, limit), self.zoom)
         self.titles["class score"].value = f"<b>score for '{self.classes[cls]}'</b>"
         self.score_scale.value = (f"colour scale: blue {-limit:.1f} · white 0 · red {limit:.1f} "
                                   "(the trained net's range on this image; beyond it, clipped)")

@@ -16,14 +16,12 @@ Layers, in the order the network computes them:
 
 from __future__ import annotations
 
-import io
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
 
 import ipywidgets as widgets
 import numpy as np
-import PIL.Image
 import torch
 from IPython.display import display
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -33,6 +31,7 @@ from torch import nn
 from fcn_lesson.models import FCN, SCORE_MAPS
 from fcn_lesson.shapes import CLASSES
 from fcn_lesson.viz import to_numpy_image
+from fcn_lesson.widgets.png import encode_png
 
 __all__ = ["LayerExplorer", "capture_activations", "layer_modules", "plot_layer_strip"]
 
@@ -278,11 +277,9 @@ class LayerExplorer:
         return values
 
     def render(self) -> None:
-        # Blitted Agg drawing + fast PNG compression instead of `savefig` (a full redraw and
-        # harder compression): a slider move then takes a few tens of milliseconds.
-        buffer = io.BytesIO()
-        PIL.Image.fromarray(self._artists.draw()).save(buffer, format="png", compress_level=1)
-        self.picture.value = buffer.getvalue()
+        # Blitted Agg drawing instead of `savefig`'s full redraw: a slider move then takes a
+        # few tens of milliseconds.
+        self.picture.value = encode_png(self._artists.draw())
 
     def _on_change(self, _change) -> None:
         if self._busy:

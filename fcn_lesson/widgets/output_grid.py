@@ -10,7 +10,6 @@ score map has a cell for every 32 pixels of the (padded) image instead of 6 fewe
 from __future__ import annotations
 
 import functools
-import io
 from dataclasses import dataclass
 
 import ipywidgets as widgets
@@ -25,6 +24,7 @@ from matplotlib.patches import Rectangle
 from fcn_lesson.geometry import VGG_INPUT, Stage, meta_vgg16, stage_table
 from fcn_lesson.models import FCN32s
 from fcn_lesson.shapes import ShapesDataset
+from fcn_lesson.widgets.png import figure_png
 
 __all__ = ["HEADS", "OutputGrid", "OutputGridExplorer", "output_grid", "plot_output_grid",
            "plot_window_mismatch"]
@@ -246,9 +246,7 @@ class OutputGridExplorer:
         return grid
 
     def render(self) -> None:
-        buffer = io.BytesIO()
-        self.figure.savefig(buffer, format="png")
-        self.picture.value = buffer.getvalue()
+        self.picture.value = figure_png(self.figure)
 
     def _on_change(self, _change) -> None:
         if self._busy:

@@ -9,7 +9,6 @@ parity, a half-pixel shift that no padding can remove.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import ipywidgets as widgets
@@ -27,6 +26,7 @@ from fcn_lesson.figures_upsampling import (
     transposed_upsample,
     upsampling_kernel,
 )
+from fcn_lesson.widgets.png import figure_png
 
 __all__ = ["UpsamplingExplorer", "UpsamplingResult", "compare_upsampling"]
 
@@ -160,9 +160,7 @@ class UpsamplingExplorer:
         return r
 
     def render(self) -> None:
-        buffer = io.BytesIO()
-        self.figure.savefig(buffer, format="png")
-        self.picture.value = buffer.getvalue()
+        self.picture.value = figure_png(self.figure)
 
     def _on_change(self, _change) -> None:
         self.update()
