@@ -145,6 +145,30 @@ def test_stagewise_init_starts_from_the_coarser_prediction():
         FCN16s(num_classes=4, width=1 / 16).init_from(fcn8)
 
 
+@pytest.mark.parametrize("cls", [FCN32s, FCN8s])
+def test_weights_are_channels_last_and_compute_the_same(cls):
+    # Channels-last weights are a speed choice only: every convolution weight is stored that
+    # way (also after loading weights), and the outputs equal those of contiguous weights.
+    torch.manual_seed(0)
+    model = cls(num_classes=6, width=0.125, dropout=0.0, batch_norm=True)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    fresh = cls(num_classes=6, width=0.125, dropout=0.0, batch_norm=True)
+    fresh.load_state_dict(model.state_dict())
+    for net in (model, fresh):
+        convs = [m.weight for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    contiguous = cls(num_classes=6, width=0.125, dropout=0.0, batch_norm=True)
+    contiguous.load_state_dict(model.state_dict())
+    contiguous.to(memory_format=torch.contiguous_format)
+    assert all(m.weight.is_contiguous() for m in contiguous.modules() if isinstance(m, torch.nn.Conv2d))
+    x = torch.rand(2, 3, 75, 101)
+    with torch.no_grad():
+        ours, reference = model.eval()(x), contiguous.eval()(x)
+    assert ours.shape == (2, 6, 75, 101)
+    torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4 * reference.abs().max().item())
+
+
 @pytest.mark.parametrize("x, error, match", [
     (torch.rand(3, 32, 32), ValueError, "4-D"),
     (torch.rand(1, 1, 32, 32), ValueError, "3 colour channels"),
