@@ -9,10 +9,12 @@ from fcn_lesson import FCN8s, FCN16s, FCN32s
 from fcn_lesson.cli import main
 from fcn_lesson.shapes import PALETTE, ShapesDataset
 from fcn_lesson.train import (
+    CPU_PIXELS_PER_PASS,
     CheckpointError,
     evaluate,
     fit,
     load_checkpoint,
+    predict,
     save_checkpoint,
     train_or_load,
 )
@@ -215,3 +217,22 @@ def test_checkpoint_gets_ordinary_file_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_predict_on_cpu_keeps_each_pass_under_the_pixel_budget():
+    torch.manual_seed(0)
+    model = FCN8s(num_classes=3, width=0.0625, dropout=0.0)
+    torch.nn.init.normal_(model.score_fr.weight, std=1.0)
+    passes = []
+    model.register_forward_pre_hook(lambda _module, args: passes.append(len(args[0])))
+    assert CPU_PIXELS_PER_PASS == 512 * 512
+    for count, size, batch_size, expected in ((3, 512, 16, [1, 1, 1]), (20, 128, 16, [16, 4]),
+                                              (5, 64, 2, [2, 2, 1]), (2, 600, 16, [1, 1])):
+        passes.clear()
+        images = torch.rand(count, 3, size, size)
+        labels = predict(model, images, batch_size=batch_size)
+        assert passes == expected, (size, passes)
+        assert labels.shape == (count, size, size)
+        with torch.no_grad():
+            one_by_one = torch.cat([model(images[i:i + 1]).argmax(1) for i in range(count)])
+        assert torch.equal(labels, one_by_one)
