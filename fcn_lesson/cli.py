@@ -17,9 +17,9 @@ from fcn_lesson import bench, classroom, distributed
 from fcn_lesson.models import VARIANTS
 from fcn_lesson.train import PAPER_RECIPE
 
-EPILOG = """examples (classroom shapes, offline):
-  python -m fcn_lesson train --variant fcn32s --epochs 12 --out data/fcn32s.pt
-  python -m fcn_lesson train --variant fcn16s --init data/fcn32s.pt --out data/fcn16s.pt
+EPILOG = """examples (classroom shapes, offline; the shipped checkpoints' recipe is in data/README.md):
+  python -m fcn_lesson train --variant fcn32s --epochs 12 --out checkpoints/fcn32s.pt
+  python -m fcn_lesson train --variant fcn16s --init checkpoints/fcn32s.pt --out checkpoints/fcn16s.pt
   python -m fcn_lesson evaluate --checkpoint data/fcn8s.pt --image-size 150
   python -m fcn_lesson predict photo.png --variant fcn8s --out photo_mask.png
 
