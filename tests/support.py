@@ -16,3 +16,11 @@ def scored_classroom_model(variant: str, seed: int = 0):
             if hasattr(model, name):
                 nn.init.normal_(getattr(model, name).weight, std=0.1)
     return model
+
+
+def set_controls(explorer, **values):
+    """Move an explorer's controls as a student would (`explorer.<name>.value = ...`) and
+    return `explorer.result`, which the controls' observers have updated."""
+    for name, value in values.items():
+        getattr(explorer, name).value = value
+    return explorer.result

@@ -1,19 +1,14 @@
 """The comparison helpers: counts checked by hand, metrics against their definitions."""
 
-import matplotlib
+import math
+import time
 
-matplotlib.use("Agg")
+import pytest
+import torch
+from torch import nn
 
-import math  # noqa: E402
-import time  # noqa: E402
-
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from fcn_lesson.classroom import make_classroom_model  # noqa: E402
-from fcn_lesson.compare import (  # noqa: E402
+from fcn_lesson.classroom import make_classroom_model
+from fcn_lesson.compare import (
     PAPER_TABLE2,
     accuracy_vs_distance,
     count_flops,
@@ -28,16 +23,10 @@ from fcn_lesson.compare import (  # noqa: E402
     predict_all,
     qualitative_grid,
 )
-from fcn_lesson.metrics import accuracy_by_boundary_distance, segmentation_scores  # noqa: E402
-from fcn_lesson.models import FCN32s  # noqa: E402
-from fcn_lesson.shapes import ShapesDataset  # noqa: E402
-from fcn_lesson.train import evaluate  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _close():
-    yield
-    plt.close("all")
+from fcn_lesson.metrics import accuracy_by_boundary_distance, segmentation_scores
+from fcn_lesson.models import FCN32s
+from fcn_lesson.shapes import ShapesDataset
+from fcn_lesson.train import evaluate
 
 
 @pytest.fixture(scope="module")

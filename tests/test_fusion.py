@@ -1,33 +1,22 @@
 """Fusion figures, per-image mean IoU and the skip ablation (fcn_lesson.fusion)."""
 
-import matplotlib
+import numpy as np
+import pytest
+import torch
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from fcn_lesson import FCN8s, FCN16s, FCN32s  # noqa: E402
-from fcn_lesson.fusion import (  # noqa: E402
+from fcn_lesson import FCN8s, FCN16s, FCN32s
+from fcn_lesson.fusion import (
     fusion_panels,
     image_mean_iou,
     per_image_mean_iou,
     plot_fusion,
     skip_ablation,
 )
-from fcn_lesson.shapes import CLASSES, ShapesDataset  # noqa: E402
-from fcn_lesson.train import evaluate  # noqa: E402
-from fcn_lesson.viz import colorize  # noqa: E402
+from fcn_lesson.shapes import CLASSES, ShapesDataset
+from fcn_lesson.train import evaluate
+from fcn_lesson.viz import colorize
 
 K = len(CLASSES)
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
 
 
 def _random_skips(model, seed=0):

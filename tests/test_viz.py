@@ -1,17 +1,13 @@
 """Drawing helpers: colours, overlays, legend, sample grid."""
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from fcn_lesson.shapes import CLASSES, PALETTE, ShapesDataset  # noqa: E402
-from fcn_lesson.viz import (  # noqa: E402
+from fcn_lesson.shapes import CLASSES, PALETTE, ShapesDataset
+from fcn_lesson.viz import (
     add_palette_legend,
     colorize,
     overlay,
@@ -20,12 +16,6 @@ from fcn_lesson.viz import (  # noqa: E402
 )
 
 K = len(CLASSES)
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
 
 
 def _all_labels_mask():

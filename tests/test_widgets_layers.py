@@ -1,22 +1,17 @@
 """The layer-output explorer: what it shows is the layer's real output, drawn where it belongs."""
 
-import matplotlib
+import statistics
+import time
 
-matplotlib.use("Agg")
+import numpy as np
+import pytest
+import torch
+from support import scored_classroom_model as _model
+from torch import nn
 
-import statistics  # noqa: E402
-import time  # noqa: E402
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from support import scored_classroom_model as _model  # noqa: E402
-from torch import nn  # noqa: E402
-
-from fcn_lesson.models import FCN8s  # noqa: E402
-from fcn_lesson.shapes import ShapesDataset  # noqa: E402
-from fcn_lesson.widgets.layers import (  # noqa: E402
+from fcn_lesson.models import FCN8s
+from fcn_lesson.shapes import ShapesDataset
+from fcn_lesson.widgets.layers import (
     LayerExplorer,
     capture_activations,
     layer_modules,
@@ -46,12 +41,6 @@ def data():
 @pytest.fixture(scope="module")
 def models():
     return {"fcn32s": _model("fcn32s"), "fcn8s": _model("fcn8s")}
-
-
-@pytest.fixture(autouse=True)
-def _close():
-    yield
-    plt.close("all")
 
 
 def test_layer_modules_are_the_activations_in_network_order():

@@ -2,15 +2,11 @@
 
 import time
 
-import matplotlib
+import pytest
+import torch
+from support import set_controls
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from fcn_lesson.widgets.output_grid import (  # noqa: E402
+from fcn_lesson.widgets.output_grid import (
     OutputGridExplorer,
     output_grid,
     plot_output_grid,
@@ -20,21 +16,9 @@ from fcn_lesson.widgets.output_grid import (  # noqa: E402
 VGG, FCN = "convolutionalized VGG16", "FCN (fc6 padding 3)"
 
 
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
-
-
 @pytest.fixture(scope="module")
 def explorer():
     return OutputGridExplorer()
-
-
-def _set(explorer, **values):
-    for name, value in values.items():
-        getattr(explorer, name).value = value
-    return explorer.result  # the observers have updated it
 
 
 @pytest.mark.parametrize("height,width,head,expected", [
@@ -42,7 +26,7 @@ def _set(explorer, **values):
     (255, 287, VGG, (1, 2)), (375, 500, FCN, (12, 16)), (224, 225, FCN, (7, 8)),
 ])
 def test_map_size_follows_the_sliders(explorer, height, width, head, expected):
-    grid = _set(explorer, head=head, height=height, width=width)
+    grid = set_controls(explorer, head=head, height=height, width=width)
     assert grid.map_size == expected
     if head == VGG:  # floor pooling, then a 7x7 fc6 without padding
         assert expected == (height // 32 - 6, width // 32 - 6)
@@ -51,7 +35,7 @@ def test_map_size_follows_the_sliders(explorer, height, width, head, expected):
 
 
 def test_window_and_receptive_field_of_a_cell(explorer):
-    grid = _set(explorer, head=VGG, height=375, width=500, row=2, col=4)
+    grid = set_controls(explorer, head=VGG, height=375, width=500, row=2, col=4)
     assert grid.cell == (2, 4)
     # the classifier reads pool5 rows 2..8 and columns 4..10: pixels 64..287 x 128..351
     assert grid.window == (64, 128, 288, 352)
@@ -67,21 +51,21 @@ def test_window_and_receptive_field_of_a_cell(explorer):
 
 
 def test_fcn_head_windows_are_centred_on_their_32px_block(explorer):
-    grid = _set(explorer, head=FCN, height=375, width=500, row=0, col=3)
+    grid = set_controls(explorer, head=FCN, height=375, width=500, row=0, col=3)
     # cell (0, 3) covers pixels 0..31 x 96..127; its window reaches 96 px beyond each side
     assert grid.window == (-96, 0, 128, 224)
     assert grid.receptive_field == (-90 - 96, -90, 314 - 96, 314)
 
 
 def test_shrinking_the_image_clamps_the_cell(explorer):
-    _set(explorer, head=VGG, height=640, width=640, row=13, col=10)
-    grid = _set(explorer, height=300)  # 3 x 14 map now
+    set_controls(explorer, head=VGG, height=640, width=640, row=13, col=10)
+    grid = set_controls(explorer, height=300)  # 3 x 14 map now
     assert grid.map_size == (3, 14) and grid.cell == (2, 10)
     assert explorer.row.value == 2
 
 
 def test_output_grid_function_matches_the_explorer(explorer):
-    grid = _set(explorer, head=VGG, height=480, width=400, row=3, col=1)
+    grid = set_controls(explorer, head=VGG, height=480, width=400, row=3, col=1)
     assert output_grid(480, 400, 3, 1) == grid
     with pytest.raises(ValueError, match="unknown head"):
         output_grid(480, 400, head="resnet")
@@ -92,7 +76,7 @@ def test_output_grid_function_matches_the_explorer(explorer):
 
 
 def test_update_is_fast(explorer):
-    _set(explorer, head=VGG, height=640, width=613, row=5, col=5)
+    set_controls(explorer, head=VGG, height=640, width=613, row=5, col=5)
     timings = []
     for _ in range(5):
         start = time.perf_counter()
@@ -102,10 +86,10 @@ def test_update_is_fast(explorer):
 
 
 def test_render_redraws_in_place(explorer):
-    _set(explorer, head=VGG, height=375, width=500, row=0, col=0)
+    set_controls(explorer, head=VGG, height=375, width=500, row=0, col=0)
     before = explorer.picture.value
     assert before[:8] == b"\x89PNG\r\n\x1a\n"
-    _set(explorer, col=5)
+    set_controls(explorer, col=5)
     assert explorer.picture.value != before
 
 

@@ -2,17 +2,13 @@
 
 import time
 
-import matplotlib
+import pytest
+import torch
+import torch.nn.functional as F
+from support import set_controls
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from fcn_lesson import bilinear_upsample  # noqa: E402
-from fcn_lesson.figures_upsampling import (  # noqa: E402
+from fcn_lesson import bilinear_upsample
+from fcn_lesson.figures_upsampling import (
     checkerboard_variance,
     pattern_image,
     phase_gains,
@@ -24,24 +20,12 @@ from fcn_lesson.figures_upsampling import (  # noqa: E402
     transposed_upsample,
     upsampling_kernel,
 )
-from fcn_lesson.widgets.upsampling import UpsamplingExplorer, compare_upsampling  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
+from fcn_lesson.widgets.upsampling import UpsamplingExplorer, compare_upsampling
 
 
 @pytest.fixture(scope="module")
 def explorer():
     return UpsamplingExplorer()
-
-
-def _set(explorer, **values):
-    for name, value in values.items():
-        getattr(explorer, name).value = value
-    return explorer.result  # the observers have updated it
 
 
 @pytest.mark.parametrize("factor", [2, 4, 8, 16])
@@ -55,7 +39,7 @@ def test_fcn_setting_is_bilinear_upsample(factor):
 
 @pytest.mark.parametrize("factor", [2, 4, 8])
 def test_fcn_setting_equals_interpolate_in_the_interior(explorer, factor):
-    r = _set(explorer, kind="bilinear", factor=factor, kernel_size=2 * factor)
+    r = set_controls(explorer, kind="bilinear", factor=factor, kernel_size=2 * factor)
     assert r.interior_max_diff < 1e-9
     assert r.checkerboard_var < 1e-12 and r.shift == 0
     assert r.border_max_diff > 0.1  # zeros beyond the edge vs interpolate's clamping
@@ -75,7 +59,7 @@ def test_odd_factor_needs_kernel_2s_minus_1(factor):
                                                 (4, 10), (8, 12), (8, 20)])
 def test_box_kernel_not_a_multiple_of_the_stride_makes_a_checkerboard(explorer, factor,
                                                                       kernel_size):
-    r = _set(explorer, kind="box", factor=factor, kernel_size=kernel_size)
+    r = set_controls(explorer, kind="box", factor=factor, kernel_size=kernel_size)
     assert r.checkerboard_var > 1e-3
     assert "checkerboard" in explorer.readout.value
     # the gains are the overlap counts: ceil(k/s) or floor(k/s) taps per axis
@@ -153,9 +137,9 @@ def test_scatter_add_is_the_transposed_convolution():
 
 
 def test_controls_drive_the_readout_and_picture(explorer):
-    before = _set(explorer, kind="bilinear", factor=4, kernel_size=8)
+    before = set_controls(explorer, kind="bilinear", factor=4, kernel_size=8)
     png = explorer.picture.value
-    after = _set(explorer, kernel_size=7)
+    after = set_controls(explorer, kernel_size=7)
     assert before.kernel_size == 8 and after.kernel_size == 7 and after.shift == 0.5
     assert "half a pixel" in explorer.readout.value
     assert explorer.picture.value != png and png[:8] == b"\x89PNG\r\n\x1a\n"
@@ -165,7 +149,7 @@ def test_controls_drive_the_readout_and_picture(explorer):
 
 
 def test_update_is_fast(explorer):
-    _set(explorer, kind="box", factor=8, kernel_size=32)
+    set_controls(explorer, kind="box", factor=8, kernel_size=32)
     timings = []
     for _ in range(5):
         start = time.perf_counter()
