@@ -1,5 +1,7 @@
 """Helpers shared by several test files."""
 
+import time
+
 import torch
 from torch import nn
 
@@ -24,3 +26,13 @@ def set_controls(explorer, **values):
     for name, value in values.items():
         getattr(explorer, name).value = value
     return explorer.result
+
+
+def fastest_seconds(call, repeats: int = 5) -> float:
+    """The fastest of `repeats` timed calls (the least disturbed by other work on the machine)."""
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        timings.append(time.perf_counter() - start)
+    return min(timings)
