@@ -8,8 +8,8 @@ with these settings (the exact commands and the metrics reached are in data/READ
 import os
 from pathlib import Path
 
-from fcn_lesson.models import FCN, VARIANTS
-from fcn_lesson.shapes import ShapesDataset
+from fcn_lesson.core.models import FCN, VARIANTS
+from fcn_lesson.datasets.shapes import ShapesDataset
 
 # One eighth of VGG16's channels (8 ... 64, fc 512) with BatchNorm: ~2.1M parameters, trains
 # from scratch in minutes on a laptop CPU; the architecture is otherwise the paper's.
@@ -44,7 +44,8 @@ def make_classroom_model(variant: str, dropout: float = 0.0) -> FCN:
 
 def load_classroom_model(variant: str, device=None) -> FCN:
     """The shipped, trained classroom checkpoint for `variant`, in eval mode, offline."""
-    from fcn_lesson.train import load_checkpoint, pick_device
+    from fcn_lesson.engine.checkpoint import load_checkpoint
+    from fcn_lesson.engine.device import pick_device
 
     path = checkpoint_path(variant)
     if not path.is_file():
@@ -54,6 +55,33 @@ def load_classroom_model(variant: str, device=None) -> FCN:
             f"commands in data/README.md (python -m fcn_lesson train --variant {variant} ...).")
     model, _ = load_checkpoint(path, variant=variant, num_classes=num_classes(), width=WIDTH,
                                device=pick_device(device))
+    return model
+
+
+def classifier_path() -> Path:
+    return data_dir() / "classifier.pt"
+
+
+def load_classroom_classifier(device=None):
+    """The shipped classroom classifier (data/classifier.pt), in eval mode, offline.
+
+    A `torchvision.models.VGG`: VGG16 at classroom width with BatchNorm, fc6/fc7/fc8 as
+    Linears over a 7 x 7 pool5, for 224-px images as `ShapesDataset` makes them (floats in
+    [0, 1]). Trained on image-level labels only (the shape at the centre of the image, see
+    `fcn_lesson.datasets.shapes.ShapesClassification`); `convolutionalize` works on it, and
+    the classroom FCNs start from it (`FCN.init_from_classifier`).
+    """
+    from fcn_lesson.engine.checkpoint import load_classifier
+    from fcn_lesson.engine.device import pick_device
+
+    path = classifier_path()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no classroom classifier at {path}. It ships with the repository (data/); if you "
+            "deleted it, restore it with `git checkout -- data/` or train it again with the "
+            "command in data/README.md (python -m fcn_lesson train-classifier ...).")
+    model, meta = load_classifier(path, device=pick_device(device))
+    model.classes = tuple(meta["classes"])
     return model
 
 

@@ -1,4 +1,6 @@
-"""Command line: python -m fcn_lesson {train,evaluate,predict,bench} --help.
+"""Command line: python -m fcn_lesson {train-classifier,train,evaluate,predict} --help.
+
+The benchmark lives outside the lesson: `python -m benchmarks --help` from the repository.
 
 Two datasets: the classroom shapes (the default: offline, minutes on a laptop CPU) and
 PASCAL VOC with the paper's recipe (`--dataset voc`). Every command also runs under
@@ -13,12 +15,14 @@ import sys
 import time
 from pathlib import Path
 
-from fcn_lesson import bench, classroom, distributed
-from fcn_lesson.models import VARIANTS
-from fcn_lesson.train import PAPER_RECIPE
+from fcn_lesson import classroom
+from fcn_lesson.core.models import VARIANTS
+from fcn_lesson.engine import distributed
+from fcn_lesson.engine.loop import PAPER_RECIPE
 
 EPILOG = """examples (classroom shapes, offline; the shipped checkpoints' recipe is in data/README.md):
-  python -m fcn_lesson train --variant fcn32s --epochs 12 --out checkpoints/fcn32s.pt
+  python -m fcn_lesson train-classifier --out checkpoints/classifier.pt
+  python -m fcn_lesson train --variant fcn32s --init data/classifier.pt --out checkpoints/fcn32s.pt
   python -m fcn_lesson train --variant fcn16s --init checkpoints/fcn32s.pt --out checkpoints/fcn16s.pt
   python -m fcn_lesson evaluate --checkpoint data/fcn8s.pt --image-size 150
   python -m fcn_lesson predict photo.png --variant fcn8s --out photo_mask.png
@@ -48,7 +52,7 @@ from a coarser FCN: 1e-6 for fcn16s, 1e-8 for fcn8s, as the paper). The loss is 
 pixels. The paper's reference solvers used 1e-10, 1e-12, 1e-14 with momentum 0.99 on a loss SUMMED over
 the ~500x375 pixels of one image: a mean loss has gradients ~1.9e5 times smaller, so its rate is ~1.9e5
 times larger (1e-10 -> 2e-5), and momentum 0.9 takes strides 10x shorter than 0.99 (lr / (1 -
-momentum)), hence ~2e-4; the CVPR paper used 1e-4 with batch 20 (fcn_lesson.train.mean_loss_lr)"""
+momentum)), hence ~2e-4; the CVPR paper used 1e-4 with batch 20 (fcn_lesson.engine.loop.mean_loss_lr)"""
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -74,25 +78,28 @@ def _say(*args, **kwargs) -> None:
 # --- train -----------------------------------------------------------------------------
 
 def _shapes_data(args):
-    from fcn_lesson.shapes import ShapesDataset
+    from fcn_lesson.datasets.shapes import ShapesDataset
 
     val = ShapesDataset(args.val_images, args.image_size, seed=args.val_seed)
     dataset = {"name": "shapes", "image_size": args.image_size,
                "train_images": args.train_images, "train_seed": args.seed,
                "val_images": args.val_images, "val_seed": args.val_seed}
+    if args.photo:
+        dataset["photo"] = args.photo
     if args.train_sizes:
-        from fcn_lesson.shapes import mixed_size_shapes, replicate_pad_collate
+        from fcn_lesson.datasets.common import replicate_pad_collate
+        from fcn_lesson.datasets.shapes import mixed_size_shapes
 
         sizes = tuple(int(s) for s in args.train_sizes.split(","))
-        train = mixed_size_shapes(args.train_images, sizes, seed=args.seed)
+        train = mixed_size_shapes(args.train_images, sizes, seed=args.seed, photo=args.photo)
         dataset["train_sizes"] = list(sizes)
         return train, val, list(val.classes), dataset, {"collate_fn": replicate_pad_collate}
-    train = ShapesDataset(args.train_images, args.image_size, seed=args.seed)
+    train = ShapesDataset(args.train_images, args.image_size, seed=args.seed, photo=args.photo)
     return train, val, list(train.classes), dataset, {}
 
 
 def _voc_data(args):
-    from fcn_lesson import voc
+    from fcn_lesson.datasets import voc
 
     root = Path(args.data_root).expanduser()
     if args.download:
@@ -126,8 +133,9 @@ def _train(args) -> int:
 def _train_on(args, device) -> int:
     import torch
 
-    from fcn_lesson.backbone import imagenet_vgg16
-    from fcn_lesson.train import load_checkpoint, train_or_load
+    from fcn_lesson.core.backbone import imagenet_vgg16
+    from fcn_lesson.engine.checkpoint import is_classifier_checkpoint, load_checkpoint, load_classifier
+    from fcn_lesson.engine.loop import train_or_load
 
     batch_norm = args.dataset == "shapes" and classroom.BATCH_NORM
     if args.init == "imagenet" and (args.width != 1.0 or batch_norm):
@@ -140,7 +148,7 @@ def _train_on(args, device) -> int:
     resuming = args.resume and state_path.exists()  # the saved state replaces any initialisation
 
     torch.manual_seed(args.seed)
-    init = vgg = None
+    init = vgg = clf = None
     if args.init and not resuming:
         if args.init == "imagenet":
             if not distributed.is_main():
@@ -148,6 +156,8 @@ def _train_on(args, device) -> int:
             vgg = imagenet_vgg16(progress=distributed.is_main())
             if distributed.is_main():
                 distributed.barrier()
+        elif is_classifier_checkpoint(args.init):  # the paper's transfer, from the classroom classifier
+            clf, _ = load_classifier(args.init)
         else:
             init, _ = load_checkpoint(args.init)
             if init.skips >= VARIANTS[args.variant].skips:
@@ -160,6 +170,8 @@ def _train_on(args, device) -> int:
                                        dropout=args.dropout, batch_norm=batch_norm)
         if vgg is not None:
             return model.init_from_imagenet(vgg)
+        if clf is not None:
+            return model.init_from_classifier(clf)
         return model.init_from(init) if init is not None else model
 
     meta = {"classes": classes, "dataset": dataset,
@@ -178,11 +190,56 @@ def _train_on(args, device) -> int:
     return 0
 
 
+# --- train-classifier ------------------------------------------------------------------
+
+def _train_classifier(args) -> int:
+    import torch
+
+    from fcn_lesson.core.classifier import classroom_vgg16
+    from fcn_lesson.datasets.shapes import ShapesClassification
+    from fcn_lesson.engine.checkpoint import save_classifier
+    from fcn_lesson.engine.classify import classifier_accuracy, fit_classifier, render_all
+    from fcn_lesson.engine.device import pick_device
+
+    device = pick_device(args.device)
+    torch.manual_seed(args.seed)
+    model = classroom_vgg16(len(ShapesClassification.classes), width=args.width,
+                            batch_norm=classroom.BATCH_NORM, dropout=args.dropout)
+    start = time.perf_counter()
+    train = render_all(ShapesClassification(args.train_images, args.image_size, seed=args.seed),
+                       progress=True, desc="render training images")
+    val = render_all(ShapesClassification(args.val_images, args.image_size, seed=args.val_seed))
+    history = fit_classifier(model, train, val, epochs=args.epochs, batch_size=args.batch_size,
+                             lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, device=device)
+    seconds = time.perf_counter() - start
+    metrics = {"val_acc": history[-1]["val_acc"]}
+    if args.test_images:
+        fresh = ShapesClassification(args.test_images, args.image_size, seed=classroom.EVAL_SEED)
+        metrics["fresh_acc"] = classifier_accuracy(model, fresh, device=device)
+        metrics["fresh_seed"] = classroom.EVAL_SEED
+        metrics["fresh_images"] = args.test_images
+    out = Path(args.out)
+    save_classifier(
+        out, model, classes=ShapesClassification.classes, metrics=metrics, history=history,
+        half=args.half,
+        dataset={"name": "shapes_classification", "image_size": args.image_size,
+                 "train_images": args.train_images, "train_seed": args.seed,
+                 "val_images": args.val_images, "val_seed": args.val_seed},
+        training={"command": "python -m fcn_lesson " + " ".join(sys.argv[1:]),
+                  "seconds": round(seconds, 1), "epochs": args.epochs, "batch_size": args.batch_size,
+                  "lr": args.lr, "optimizer": "adam", "schedule": "cosine",
+                  "weight_decay": args.weight_decay, "dropout": args.dropout,
+                  "threads": torch.get_num_threads(), "device": str(device)})
+    print(f"saved {out} after {seconds:.0f} s ({out.stat().st_size / 1e6:.1f} MB)")
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}, indent=1))
+    return 0
+
+
 # --- evaluate, predict -----------------------------------------------------------------
 
 def _load(args, device=None):
     """(model, dataset name it was trained on)."""
-    from fcn_lesson.train import load_checkpoint
+    from fcn_lesson.engine.checkpoint import load_checkpoint
 
     if args.checkpoint:
         model, meta = load_checkpoint(args.checkpoint, device=device or args.device)
@@ -197,17 +254,17 @@ def _evaluate(args) -> int:
 
 
 def _evaluate_on(args, device) -> int:
-    from fcn_lesson.train import evaluate
+    from fcn_lesson.engine.loop import evaluate
 
     model, _ = _load(args, device)
     if args.dataset == "voc":
-        from fcn_lesson import voc
+        from fcn_lesson.datasets import voc
 
         data = voc.VOCSegmentation(Path(args.data_root).expanduser(), args.year, args.split,
                                    num_images=args.images)
         classes, about = voc.VOC_CLASSES, {"split": args.split, "year": args.year}
     else:
-        from fcn_lesson.shapes import ShapesDataset
+        from fcn_lesson.datasets.shapes import ShapesDataset
 
         data = ShapesDataset(args.images, args.image_size, seed=args.seed)
         classes, about = data.classes, {"image_size": args.image_size, "seed": args.seed}
@@ -215,7 +272,7 @@ def _evaluate_on(args, device) -> int:
         print(f"error: the model predicts {model.num_classes} classes, the {args.dataset} data has "
               f"{len(classes)}; pass --dataset for the data it was trained on", file=sys.stderr)
         return 2
-    from fcn_lesson.voc import pad_collate
+    from fcn_lesson.datasets.common import pad_collate
 
     scores = evaluate(model, data, batch_size=args.batch_size, progress=True,
                       collate_fn=pad_collate if args.dataset == "voc" else None)
@@ -234,8 +291,8 @@ def _predict(args) -> int:
     import torch
     from PIL import Image
 
-    from fcn_lesson.train import predict
-    from fcn_lesson.viz import colorize
+    from fcn_lesson.engine.loop import predict
+    from fcn_lesson.lessons.viz import colorize
 
     path = Path(args.image)
     if not path.is_file():
@@ -251,12 +308,12 @@ def _predict(args) -> int:
     if dataset == "voc":  # ImageNet normalisation and the VOC palette
         from torchvision import tv_tensors
 
-        from fcn_lesson.voc import VOC_CLASSES, VOC_PALETTE, eval_transforms
+        from fcn_lesson.datasets.voc import VOC_CLASSES, VOC_PALETTE, eval_transforms
 
         x = eval_transforms()(tv_tensors.Image(pixels)).as_subclass(torch.Tensor)[None]
         classes, palette = VOC_CLASSES, VOC_PALETTE[:len(VOC_CLASSES)]
     else:  # the classroom models take [0, 1] images
-        from fcn_lesson.shapes import CLASSES, PALETTE
+        from fcn_lesson.datasets.shapes import CLASSES, PALETTE
 
         x = pixels.float()[None] / 255
         classes, palette = CLASSES, PALETTE
@@ -307,8 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classroom shapes, or PASCAL VOC with the paper's recipe (SGD, momentum 0.9, "
                         "weight decay 5e-4, fixed learning rate)")
     t.add_argument("--init", help="'imagenet' (VGG16_Weights.IMAGENET1K_V1 from the torch cache, for "
-                                  "fcn32s on voc), or a checkpoint of a coarser FCN (stage-wise); "
-                                  "default: from scratch")
+                                  "fcn32s on voc), a classroom classifier checkpoint (data/classifier.pt, "
+                                  "from train-classifier: the paper's transfer), or a checkpoint of a "
+                                  "coarser FCN (stage-wise); default: from scratch")
     t.add_argument("--out", help="where to write the checkpoint (default checkpoints/VARIANT.pt)")
     t.add_argument("--epochs", type=int, help="passes over the training images (default: 10 shapes, 50 voc)")
     t.add_argument("--batch-size", type=int,
@@ -327,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image-size", type=int, default=classroom.IMAGE_SIZE, help="shapes image size")
     t.add_argument("--train-sizes", help="shapes: train on several canvas sizes, e.g. 96,128,160 "
                    "(validation stays at --image-size)")
+    t.add_argument("--photo", type=float, default=0.0,
+                   help="shapes: share of photo-style training images (greyscale or colour, photograph-"
+                        "like textures, scaled objects; ShapesDataset(photo=...)); validation stays plain")
     t.add_argument("--seed", type=int, default=classroom.TRAIN_SEED,
                    help="initialisation, data order and augmentation seed (and shapes training data)")
     t.add_argument("--val-seed", type=int, default=classroom.VAL_SEED, help="shapes validation data seed")
@@ -345,6 +406,30 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--scale", type=float, nargs=2, default=(0.5, 2.0), metavar=("MIN", "MAX"),
                    help="random scale range before cropping")
     t.set_defaults(func=_train)
+
+    c = sub.add_parser("train-classifier", formatter_class=_HelpFormatter,
+                       help="train the classroom classifier on image-level labels",
+                       description="Train the classroom classifier (VGG16 at classroom width with VGG's "
+                                   "fc6/fc7/fc8 over a 7x7 pool5, 224-px inputs) on image-level labels "
+                                   "only: the shape at the centre of a ShapesClassification image. The "
+                                   "classroom FCNs start from it: train --variant fcn32s --init CLASSIFIER.")
+    c.add_argument("--out", default="checkpoints/classifier.pt", help="where to write it")
+    c.add_argument("--train-images", type=int, default=6000, help="training images (rendered once, flipped and turned each epoch)")
+    c.add_argument("--val-images", type=int, default=500, help="validation images (seed --val-seed)")
+    c.add_argument("--test-images", type=int, default=1000,
+                   help=f"fresh images (seed {classroom.EVAL_SEED}) scored at the end (0: none)")
+    c.add_argument("--epochs", type=int, default=5)
+    c.add_argument("--batch-size", type=int, default=32)
+    c.add_argument("--lr", type=float, default=1e-3, help="Adam, cosine decay to zero")
+    c.add_argument("--weight-decay", type=float, default=0.0)
+    c.add_argument("--dropout", type=float, default=0.3, help="after fc6 and fc7")
+    c.add_argument("--width", type=float, default=classroom.WIDTH, help="channel multiplier of VGG16")
+    c.add_argument("--image-size", type=int, default=224)
+    c.add_argument("--seed", type=int, default=classroom.TRAIN_SEED)
+    c.add_argument("--val-seed", type=int, default=classroom.VAL_SEED)
+    c.add_argument("--half", action="store_true", help="store weights as float16")
+    c.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    c.set_defaults(func=_train_classifier)
 
     for name, func, text in (("evaluate", _evaluate, "score a checkpoint on fresh shapes images or VOC"),
                              ("predict", _predict, "write a coloured mask PNG for an image file")):
@@ -368,15 +453,6 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
         p.set_defaults(func=func)
 
-    b = sub.add_parser("bench", formatter_class=_HelpFormatter,
-                       help="time the notebooks, models, widgets and training against the targets",
-                       description="Measure what a class waits for: each notebook top to bottom, CPU "
-                                   "inference of the classroom models beside a tutorial-style naive FCN, "
-                                   "widget callbacks, training throughput (and a full-width FCN-8s on a "
-                                   "GPU when there is one), peak memory. Prints a table and writes "
-                                   "bench.json, bench.txt and bench.png to --out.")
-    bench.add_arguments(b)
-    b.set_defaults(func=bench.main)
     return parser
 
 

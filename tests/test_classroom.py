@@ -8,7 +8,8 @@ import torch
 
 from fcn_lesson import classroom
 from fcn_lesson.classroom import load_classroom_model, validation_set
-from fcn_lesson.train import CheckpointError, evaluate, load_checkpoint
+from fcn_lesson.engine.checkpoint import CheckpointError, load_checkpoint
+from fcn_lesson.engine.loop import evaluate
 
 # The course's quality targets (fresh images, 128 px), and the share of the 128-px mean IoU each
 # model must keep on 150-px images (not a multiple of 32: padded to 160, then cropped back).

@@ -16,15 +16,15 @@ import torch
 from IPython.display import display
 from matplotlib import colormaps
 
-from fcn_lesson.fusion import image_mean_iou
-from fcn_lesson.models import FCN
-from fcn_lesson.shapes import CLASSES, PALETTE
-from fcn_lesson.viz import colorize, to_numpy_image
+from fcn_lesson.core.models import FCN
+from fcn_lesson.datasets.shapes import CLASSES, PALETTE
+from fcn_lesson.lessons.fusion import image_mean_iou
+from fcn_lesson.lessons.viz import colorize, to_numpy_image
 from fcn_lesson.widgets.png import encode_png
 
 __all__ = ["FusionExplorer", "FusionView"]
 
-_SCORE_CMAP = colormaps["RdBu_r"]  # as in fcn_lesson.fusion: red for, blue against
+_SCORE_CMAP = colormaps["RdBu_r"]  # as in fcn_lesson.lessons.fusion: red for, blue against
 
 
 @dataclass(frozen=True)

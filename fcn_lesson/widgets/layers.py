@@ -26,84 +26,14 @@ import torch
 from IPython.display import display
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from torch import nn
 
-from fcn_lesson.models import FCN, SCORE_MAPS
-from fcn_lesson.shapes import CLASSES
-from fcn_lesson.viz import to_numpy_image
+from fcn_lesson.core.models import FCN, SCORE_MAPS
+from fcn_lesson.datasets.shapes import CLASSES
+from fcn_lesson.lessons.layers import capture_activations, channel_label, label_edges, map_stride
+from fcn_lesson.lessons.viz import to_numpy_image
 from fcn_lesson.widgets.png import encode_png
 
-__all__ = ["LayerExplorer", "capture_activations", "layer_modules", "plot_layer_strip"]
-
-
-def layer_modules(model: FCN) -> OrderedDict[str, nn.Module]:
-    """Backbone layer name -> the module whose output is that layer's activation: the ReLU
-    after conv{i}_{j} (and after fc6, fc7), the pooling layer for pool{i}."""
-    relu_of = {"relu6": "fc6", "relu7": "fc7"}
-    layers = OrderedDict()
-    for name, module in model.backbone.named_modules():
-        short = name.rsplit(".", 1)[-1]
-        if short.startswith("relu"):
-            layers[relu_of.get(short, "conv" + short.removeprefix("relu"))] = module
-        elif short.startswith("pool"):
-            layers[short] = module
-    return layers
-
-
-@torch.no_grad()
-def capture_activations(model: FCN, image: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
-    """Every layer's output for one image (3, H, W): name -> (C, h, w) float32 CPU tensor,
-    backbone layers (see `layer_modules`) then the model's score maps."""
-    if image.dim() != 3:
-        raise ValueError(f"expected one image (3, H, W), got shape {tuple(image.shape)}")
-    captured = OrderedDict()
-
-    def keep(name):
-        # clone: an in-place ReLU later on would otherwise overwrite what was recorded
-        # (in a net without BatchNorm, relu6 works in place on fc6's output).
-        def hook(_module, _inputs, output):
-            captured[name] = output[0].detach().float().cpu().clone()
-        return hook
-
-    handles = [m.register_forward_hook(keep(name)) for name, m in layer_modules(model).items()]
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        maps = model.forward_maps(image[None].to(device))
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
-    for name in SCORE_MAPS:
-        if name in maps:
-            captured[name] = maps[name][0].float().cpu()
-    return captured
-
-
-def _stride(name: str, activation: torch.Tensor, image_height: int) -> int:
-    # Every map but `out` covers the image padded to a multiple of 32; `out` is cropped to it.
-    if name == "out":
-        return 1
-    padded = -(-image_height // 32) * 32
-    return padded // activation.shape[-2]
-
-
-def _channel_label(name: str, channel: int, channels: int, classes) -> str:
-    if name in SCORE_MAPS:  # one channel per class
-        return f"class {channel} ({classes[channel]})" if len(classes) == channels else f"class {channel}"
-    return f"channel {channel} of {channels}"
-
-
-def _edges(mask: torch.Tensor, colour: tuple[float, float, float]) -> np.ndarray:
-    """RGBA overlay in `colour` where a pixel's right or lower neighbour has another label."""
-    m = mask.numpy()
-    edge = np.zeros(m.shape, dtype=bool)
-    edge[:, :-1] |= m[:, 1:] != m[:, :-1]
-    edge[:-1, :] |= m[1:, :] != m[:-1, :]
-    rgba = np.zeros((*m.shape, 4), dtype=np.float32)
-    rgba[edge] = (*colour, 0.9)
-    return rgba
+__all__ = ["LayerExplorer"]
 
 
 class _Artists:
@@ -152,7 +82,7 @@ class _Artists:
         self.picture.set_data(to_numpy_image(image))
         self.picture.set_extent((-0.5, width - 0.5, height - 0.5, -0.5))
         # white on viridis (dark at zero), black on the diverging map (white at zero)
-        self._outlines = {False: _edges(mask, (1, 1, 1)), True: _edges(mask, (0, 0, 0))}
+        self._outlines = {False: label_edges(mask, (1, 1, 1)), True: label_edges(mask, (0, 0, 0))}
         self.outline.set_extent((-0.5, width - 0.5, height - 0.5, -0.5))
         for ax in (self.image_ax, self.map_ax):
             ax.set_xlim(-0.5, width - 0.5)
@@ -265,10 +195,10 @@ class LayerExplorer:
             self._artists.set_image(image, mask, f"image #{index}")
             self._shown_image = (model, index)
         values = activations[name][channel].numpy()
-        stride = _stride(name, activations[name], image.shape[-2])
+        stride = map_stride(name, activations[name], image.shape[-2])
         h, w = values.shape
         self._artists.set_map(values, stride, name in SCORE_MAPS,
-                              f"{name}: {_channel_label(name, channel, channels, self.classes)}")
+                              f"{name}: {channel_label(name, channel, channels, self.classes)}")
         self.readout.value = (
             f"<b>{name}</b> ({model}): {channels} channels of {h} x {w} cells, stride {stride} "
             f"(one cell per {stride} x {stride} pixels); this channel ranges "
@@ -298,32 +228,3 @@ class LayerExplorer:
         display(self.widget())
 
 
-def plot_layer_strip(activations: Mapping[str, torch.Tensor], image: torch.Tensor,
-                     layers=("conv1_2", "pool1", "pool2", "pool3", "pool4", "pool5", "fc7")):
-    """One row: the image, then for each layer its most active channel (largest mean), each
-    cell drawn over the pixels it covers: the maps get coarser stage by stage. Returns the Figure."""
-    import matplotlib.pyplot as plt
-
-    missing = [name for name in layers if name not in activations]
-    if missing:
-        raise ValueError(f"no activations for {missing}; available: {', '.join(activations)}")
-    height, width = image.shape[-2:]
-    fig, axes = plt.subplots(1, len(layers) + 1, figsize=(1.9 * (len(layers) + 1), 2.4))
-    axes[0].imshow(to_numpy_image(image))
-    axes[0].set_title("image", fontsize=9)
-    for ax, name in zip(axes[1:], layers, strict=True):
-        act = activations[name]
-        channel = int(act.mean(dim=(1, 2)).argmax())
-        stride = _stride(name, act, height)
-        h, w = act.shape[-2:]
-        ax.imshow(act[channel].numpy(), cmap="viridis", interpolation="nearest",
-                  extent=(-0.5, w * stride - 0.5, h * stride - 0.5, -0.5))
-        ax.set_xlim(-0.5, width - 0.5)
-        ax.set_ylim(height - 0.5, -0.5)
-        ax.set_title(f"{name} ch {channel}\n{h}x{w}, stride {stride}", fontsize=9)
-    for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle("The most active channel of each stage, each cell over the pixels it covers", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.9))
-    return fig

@@ -9,90 +9,21 @@ parity, a half-pixel shift that no padding can remove.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import ipywidgets as widgets
 import numpy as np
-import torch
-import torch.nn.functional as F
 from IPython.display import display
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from fcn_lesson.figures_upsampling import (
+from fcn_lesson.lessons.upsampling import (
     KERNEL_KINDS,
+    UpsamplingResult,
+    compare_upsampling,
     pattern_image,
-    phase_gains,
-    transposed_upsample,
-    upsampling_kernel,
 )
 from fcn_lesson.widgets.png import figure_png
 
-__all__ = ["UpsamplingExplorer", "UpsamplingResult", "compare_upsampling"]
-
-# Below this a variance or a difference is rounding, not an artefact (bilinear_kernel is
-# float32, so exact kernels for odd factors carry ~1e-8 errors).
-_TOLERANCE = 1e-6
-
-
-@dataclass(frozen=True)
-class UpsamplingResult:
-    """Everything the explorer shows for one setting; images are (H, W) float64."""
-
-    factor: int
-    kernel_size: int
-    kind: str
-    kernel: torch.Tensor
-    upsampled: torch.Tensor  # the transposed convolution
-    reference: torch.Tensor  # F.interpolate, bilinear, align_corners=False
-    shift: float  # sub-pixel misalignment no crop can remove: 0 or 0.5
-    margin: int  # pixels from the border beyond which "interior" starts
-    interior_max_diff: float  # max |upsampled - reference| in the interior
-    border_max_diff: float  # ... in the `margin` outermost pixels
-    gains: torch.Tensor  # (factor, factor) phase gains: a constant image's interior
-    checkerboard_var: float  # their variance: 0 = no checkerboard
-
-    @property
-    def difference(self) -> torch.Tensor:
-        return self.upsampled - self.reference
-
-    @property
-    def verdict(self) -> str:
-        if self.checkerboard_var > _TOLERANCE:
-            lo, hi = self.gains.min().item(), self.gains.max().item()
-            return (f"checkerboard: the {self.factor}x{self.factor} output phases get gains from "
-                    f"{lo:.2f} to {hi:.2f}, so a flat image comes out patterned")
-        if self.shift:
-            return ("no checkerboard, but kernel size and factor differ in parity: the output "
-                    "sits half a pixel off the interpolate grid, and no padding fixes that")
-        if self.interior_max_diff < _TOLERANCE:
-            return "exactly bilinear interpolation away from the border"
-        return "even overlap and aligned, but not bilinear: a different blur than interpolate"
-
-
-def compare_upsampling(image: torch.Tensor, factor: int, kernel_size: int,
-                       kind: str = "bilinear") -> UpsamplingResult:
-    """Upsample `image` (h, w) with a transposed convolution and with `F.interpolate`, and
-    measure how they differ (the explorer's computation, without any drawing)."""
-    kernel = upsampling_kernel(factor, kernel_size, kind)
-    x = image.double()[None, None]
-    upsampled, shift = transposed_upsample(x, kernel, factor)
-    reference = F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
-    upsampled, reference = upsampled[0, 0], reference[0, 0]
-    # Beyond `margin` every output pixel gets all its taps from real input pixels, and
-    # interpolate has stopped clamping at the edge.
-    margin = max(kernel_size, factor)
-    diff = (upsampled - reference).abs()
-    inner = torch.zeros_like(diff, dtype=torch.bool)
-    inner[margin:-margin, margin:-margin] = True
-    gains = phase_gains(kernel, factor)
-    return UpsamplingResult(
-        factor=factor, kernel_size=kernel_size, kind=kind, kernel=kernel,
-        upsampled=upsampled, reference=reference, shift=shift, margin=margin,
-        interior_max_diff=diff[inner].max().item() if inner.any() else float("nan"),
-        border_max_diff=diff[~inner].max().item(),
-        gains=gains, checkerboard_var=gains.var(unbiased=False).item(),
-    )
+__all__ = ["UpsamplingExplorer"]
 
 
 class UpsamplingExplorer:

@@ -1,0 +1,2 @@
+"""Data: the classroom shapes and PASCAL VOC. Imports only `fcn_lesson.core`.
+"""

@@ -1,0 +1,121 @@
+"""Several processes, one training run: torchrun + DistributedDataParallel.
+
+    torchrun --nproc_per_node=4 -m fcn_lesson train --dataset voc --variant fcn32s ...
+
+starts the same command four times. torchrun tells each process who it is through the
+environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT); `setup` reads it, joins the
+process group (NCCL between GPUs, gloo on CPU) and pins each process to its own GPU. Without
+torchrun, or with one process, every function here is a no-op and training is the ordinary
+single-process loop: there is one training loop (`fcn_lesson.engine.loop.fit`), not two.
+
+What `fit` and `evaluate` do with it, and why:
+- Every process builds the same model; DistributedDataParallel (DDP) copies rank 0's weights
+  to the others when it wraps the model and averages the gradients during `backward`.
+- `batch_size` means the GLOBAL batch (images per optimizer step, over all processes), so the
+  same command and learning rate describe the same optimisation on 1 or N processes.
+- The per-pixel mean loss is divided by the number of labelled pixels of the whole global
+  batch (an all_reduce of one integer per step), not per process: a process whose crops are
+  mostly "void" must not weigh as much as one full of labelled pixels.
+- Evaluation: each process scores a disjoint slice of the validation set and the confusion
+  matrices (integers) are summed, so the metrics equal the single-process ones exactly.
+- Only rank 0 draws progress bars, prints and writes files.
+"""
+
+import os
+from contextlib import contextmanager
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    """True inside a process group (torchrun with more than one process)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    """This process's index in the process group, 0 ... world_size - 1 (0 without one)."""
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    """How many processes train together (1 without a process group)."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def launch_rank() -> int:
+    """The rank torchrun gave this process (RANK), also before `setup` joined the group."""
+    return rank() if is_distributed() else int(os.environ.get("RANK", 0))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def setup(device: str | torch.device | None = None) -> torch.device:
+    """Join the process group torchrun describes; returns this process's device.
+
+    NCCL and one GPU per process (cuda:LOCAL_RANK) when CUDA is there and `device` does not
+    say "cpu"; gloo on CPU otherwise. Without torchrun (WORLD_SIZE unset or 1) this only
+    picks the device.
+    """
+    use_cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or is_distributed():
+        if is_distributed() and use_cuda:
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device(device) if device is not None else torch.device("cuda" if use_cuda else "cpu")
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        if local >= torch.cuda.device_count():
+            raise RuntimeError(f"LOCAL_RANK={local} but only {torch.cuda.device_count()} GPU(s) are "
+                               "visible; use --nproc_per_node <= the number of GPUs, or --device cpu")
+        torch.cuda.set_device(local)
+        dist.init_process_group("nccl", device_id=torch.device("cuda", local))
+        return torch.device("cuda", local)
+    dist.init_process_group("gloo")
+    return torch.device("cpu")
+
+
+def cleanup() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+@contextmanager
+def process_group(device: str | torch.device | None = None):
+    """`with process_group(device) as dev:` setup on entry, cleanup on exit (also on errors)."""
+    try:
+        yield setup(device)
+    finally:
+        cleanup()
+
+
+def _collective_device() -> torch.device:
+    # NCCL only moves CUDA tensors; gloo moves CPU tensors.
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The elementwise sum of `tensor` over all processes (a new tensor on tensor's device);
+    `tensor` itself without a process group."""
+    if not is_distributed():
+        return tensor
+    out = tensor.detach().to(_collective_device(), copy=True)
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out.to(tensor.device)
+
+
+def all_gather_object(obj) -> list:
+    """[obj of rank 0, obj of rank 1, ...]; [obj] without a process group."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()

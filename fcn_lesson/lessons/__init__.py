@@ -1,0 +1,3 @@
+"""One module per notebook topic: its computations and static figures (no ipywidgets).
+Imports `core`, `datasets` and `engine`.
+"""

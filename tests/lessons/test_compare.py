@@ -1,0 +1,227 @@
+"""The comparison helpers: counts checked by hand, metrics against their definitions."""
+
+import math
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from fcn_lesson.classroom import make_classroom_model
+from fcn_lesson.core.models import FCN32s
+from fcn_lesson.datasets.shapes import ShapesDataset
+from fcn_lesson.engine.loop import evaluate
+from fcn_lesson.engine.metrics import accuracy_by_boundary_distance, segmentation_scores
+from fcn_lesson.lessons.compare import (
+    PAPER_TABLE2,
+    accuracy_vs_distance,
+    count_flops,
+    count_parameters,
+    format_table,
+    full_width_model,
+    measure_latency,
+    metrics_table,
+    model_costs,
+    paper_comparison,
+    plot_accuracy_vs_distance,
+    predict_all,
+    qualitative_grid,
+)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return ShapesDataset(6, 64, seed=3)
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    out = {}
+    for variant in ("fcn32s", "fcn16s", "fcn8s"):
+        model = make_classroom_model(variant).eval()
+        with torch.no_grad():  # non-zero scores, so the three variants predict differently
+            nn.init.normal_(model.score_fr.weight, std=0.3)
+            if variant != "fcn32s":
+                nn.init.normal_(model.score_pool4.weight, std=0.3)
+        out[variant] = model
+    return out
+
+
+def test_paper_table2_numbers():
+    assert PAPER_TABLE2 == {
+        "fcn32s": {"pixel_acc": 89.1, "mean_acc": 73.3, "mean_iou": 59.4, "fw_iou": 81.4},
+        "fcn16s": {"pixel_acc": 90.0, "mean_acc": 75.7, "mean_iou": 62.4, "fw_iou": 83.0},
+        "fcn8s": {"pixel_acc": 90.3, "mean_acc": 75.9, "mean_iou": 62.7, "fw_iou": 83.2},
+    }
+
+
+def test_full_width_parameters_are_vgg16_minus_fc8_plus_the_score_layers():
+    from torchvision.models import vgg16
+
+    with torch.device("meta"):
+        vgg = vgg16()
+    fc8 = 4096 * 1000 + 1000
+    vgg_without_fc8 = sum(p.numel() for p in vgg.parameters()) - fc8
+    assert vgg_without_fc8 == 134_260_544
+    score = lambda c_in: c_in * 21 + 21  # noqa: E731 (a 1x1 conv to 21 classes)
+    upscore2 = 21 * 21 * 4 * 4  # learnable 2x upsampler, no bias
+    assert count_parameters(full_width_model("fcn32s")) == vgg_without_fc8 + score(4096)
+    assert count_parameters(full_width_model("fcn16s")) == (vgg_without_fc8 + score(4096)
+                                                            + score(512) + upscore2)
+    assert count_parameters(full_width_model("fcn8s")) == (vgg_without_fc8 + score(4096) + score(512)
+                                                           + score(256) + 2 * upscore2)
+    model = make_classroom_model("fcn8s")
+    assert count_parameters(model) == sum(p.numel() for p in model.parameters())
+    assert full_width_model("fcn8s").score_fr.weight.is_meta
+
+
+def test_flops_of_a_convolution_by_hand():
+    conv = nn.Conv2d(3, 8, 3, padding=1)
+    # one multiply-add (2 FLOPs) per weight per output position; bias not counted
+    assert count_flops(conv, (16, 20)) == 2 * (8 * 3 * 3 * 3) * (16 * 20)
+    strided = nn.Conv2d(3, 4, 5, stride=2)
+    assert count_flops(strided, 31) == 2 * (4 * 3 * 5 * 5) * (14 * 14)
+
+
+def test_flops_of_the_full_width_backbone_by_hand():
+    # Every 3x3 conv at its stage's resolution, fc6 (7x7) and fc7 (1x1) at stride 32.
+    model = full_width_model("fcn32s")
+    size = 224
+    expected, c_in = 0, 3
+    for stage, (c_out, convs) in enumerate(((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))):
+        side = size >> stage
+        for _ in range(convs):
+            expected += 2 * c_in * c_out * 9 * side * side
+            c_in = c_out
+    side = size // 32
+    expected += 2 * 512 * 4096 * 49 * side * side + 2 * 4096 * 4096 * side * side
+    assert count_flops(model.backbone, size) == expected
+    # the score layer and the fixed depthwise x32 upsampling on top
+    upsample = 2 * 21 * 64 * 64 * side * side
+    assert count_flops(model, size) == expected + 2 * 4096 * 21 * side * side + upsample
+
+
+class _Sleeper(nn.Module):
+    """Sleeps a scripted time per call, to check what measure_latency reports."""
+
+    def __init__(self, delays):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+        self.delays, self.calls = list(delays), 0
+
+    def forward(self, x):
+        time.sleep(self.delays[self.calls])
+        self.calls += 1
+        return x
+
+
+def test_latency_is_the_median_after_warmup():
+    sleeper = _Sleeper([0.3, 0.01, 0.05, 0.01])  # a slow first call, then one outlier
+    latency = measure_latency(sleeper, 8, repeats=3, warmup=1)
+    assert sleeper.calls == 4
+    assert 0.01 <= latency < 0.03
+    with pytest.raises(ValueError, match="repeats"):
+        measure_latency(sleeper, 8, repeats=0)
+
+
+def test_model_costs_time_a_meta_model_on_a_zeroed_cpu_copy():
+    with torch.device("meta"):
+        meta = FCN32s(num_classes=3, width=0.0625)
+    row = model_costs(meta, 64, repeats=2)
+    assert row["params"] == count_parameters(meta)
+    assert row["gflops"] == count_flops(meta, 64) / 1e9 > 0
+    assert row["latency_ms"] > 0 and row["device"] == "cpu"
+    assert meta.score_fr.weight.is_meta  # the caller's model is left as it was
+    assert "latency_ms" not in model_costs(meta, 64, time_it=False)
+
+
+def test_predict_all_is_the_argmax_of_each_model(data, models):
+    images, _ = data.tensors()
+    models["fcn16s"].train()
+    preds = predict_all(models, images, batch_size=4)
+    assert list(preds) == ["fcn32s", "fcn16s", "fcn8s"]
+    assert models["fcn16s"].training  # mode restored
+    models["fcn16s"].eval()
+    with torch.no_grad():
+        for name, model in models.items():
+            assert torch.equal(preds[name], model(images).argmax(1))
+    assert not torch.equal(preds["fcn32s"], preds["fcn16s"])
+
+
+def test_metrics_table_matches_the_definitions_and_evaluate(data, models):
+    images, masks = data.tensors()
+    preds = predict_all(models, images)
+    rows = metrics_table(preds, masks, num_classes=6)
+    assert [r["variant"] for r in rows] == ["FCN-32s", "FCN-16s", "FCN-8s"]
+    assert list(rows[0]) == ["variant", "pixel_acc", "mean_acc", "mean_iou", "fw_iou", "boundary_acc"]
+    for row, model in zip(rows, models.values(), strict=True):
+        scores = evaluate(model, data)
+        for key in ("pixel_acc", "mean_acc", "mean_iou", "fw_iou", "boundary_acc"):
+            assert row[key] == pytest.approx(100 * scores[key])
+    perfect = metrics_table({"truth": masks}, masks, num_classes=6)[0]
+    assert perfect["variant"] == "truth"
+    assert all(perfect[k] == 100 for k in ("pixel_acc", "mean_acc", "mean_iou", "fw_iou", "boundary_acc"))
+    # a prediction of all background: accuracy = background's share, mean IU over 6 classes
+    background = torch.zeros_like(masks)
+    row = metrics_table({"bg": background}, masks, num_classes=6)[0]
+    share = (masks == 0).double().mean().item()
+    assert row["pixel_acc"] == pytest.approx(100 * share)
+    assert row["mean_iou"] == pytest.approx(100 * share / 6)
+    cm = torch.zeros(6, 6, dtype=torch.long)
+    cm[:, 0] = torch.bincount(masks.flatten(), minlength=6)
+    assert row["mean_acc"] == pytest.approx(100 * segmentation_scores(cm)["mean_acc"])
+
+
+def test_paper_comparison_puts_ours_beside_the_paper():
+    rows = [{"variant": "FCN-16s", "pixel_acc": 95.04, "mean_acc": 80.0, "mean_iou": 70.25,
+             "fw_iou": 91.0, "boundary_acc": 60.0}]
+    assert paper_comparison(rows) == [{"variant": "FCN-16s", "pixel_acc": "95.0 / 90.0",
+                                       "mean_acc": "80.0 / 75.7", "mean_iou": "70.2 / 62.4",
+                                       "fw_iou": "91.0 / 83.0"}]
+    with pytest.raises(ValueError, match="no 'FCN-4s'"):
+        paper_comparison([{**rows[0], "variant": "FCN-4s"}])
+
+
+def test_accuracy_vs_distance_and_its_plot(data, models):
+    images, masks = data.tensors()
+    preds = predict_all(models, images)
+    curves = accuracy_vs_distance(preds, masks, max_distance=8)
+    acc, count = accuracy_by_boundary_distance(preds["fcn8s"], masks, 8)
+    assert torch.equal(curves["fcn8s"][0], acc) and torch.equal(curves["fcn8s"][1], count)
+    assert int(count.sum()) == masks.numel()
+    fig = plot_accuracy_vs_distance(curves)
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.get_lines()] == ["FCN-32s", "FCN-16s", "FCN-8s"]
+    assert list(ax.get_lines()[2].get_ydata()) == pytest.approx((100 * acc).tolist())
+    assert "distance" in ax.get_xlabel() and "accuracy" in ax.get_ylabel()
+
+
+def test_qualitative_grid_shows_image_truth_and_each_variant(data, models):
+    images, _ = data.tensors()
+    preds = predict_all(models, images)
+    fig = qualitative_grid(data, [4, 1], preds)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["image #4", "ground truth", "FCN-32s", "FCN-16s", "FCN-8s",
+                      "image #1", "ground truth", "FCN-32s", "FCN-16s", "FCN-8s"]
+    assert len(fig.legends) == 1
+    with pytest.raises(ValueError, match="one per image"):
+        qualitative_grid(data, [0], {"fcn8s": preds["fcn8s"][:2]})
+
+
+def test_format_table_aligns_numbers():
+    text = format_table([{"variant": "FCN-8s", "params": 2105242, "gflops": 0.2237, "x": math.nan},
+                         {"variant": "FCN-32s", "params": 12, "gflops": 10.0, "x": 1.0}], digits=2)
+    lines = text.splitlines()
+    assert lines[0].split() == ["variant", "params", "GFLOPs", "x"]
+    assert set(lines[1]) == {"-"}
+    assert lines[2].split() == ["FCN-8s", "2,105,242", "0.22", "-"]
+    assert lines[3].split() == ["FCN-32s", "12", "10.00", "1.00"]
+    assert len({len(line) for line in lines}) == 1  # columns aligned
+    assert lines[2].startswith("FCN-8s ") and lines[2].endswith(" -")  # words left, numbers right
+    mixed = format_table([{"width": "full VGG16", "image": "224 x 224"},
+                          {"width": "classroom 1/8", "image": "64 x 64"}]).splitlines()
+    assert mixed[2] == "full VGG16     224 x 224"
+    assert mixed[3] == "classroom 1/8    64 x 64"
+    with pytest.raises(ValueError, match="no rows"):
+        format_table([])

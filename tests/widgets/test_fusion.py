@@ -1,0 +1,173 @@
+"""The fusion explorer, headless: set controls through `.value`, check what it shows."""
+
+import io
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fcn_lesson import FCN8s, FCN16s, FCN32s
+from fcn_lesson.datasets.shapes import CLASSES, ShapesDataset
+from fcn_lesson.lessons.fusion import image_mean_iou
+from fcn_lesson.lessons.viz import colorize
+from fcn_lesson.widgets.fusion import FusionExplorer
+
+K = len(CLASSES)
+
+
+def _model(cls, seed=0):
+    """A small net whose score layers are not zero, so both skips change the prediction."""
+    torch.manual_seed(seed)
+    model = cls(num_classes=K, width=1 / 16, batch_norm=True)
+    for name in ("score_fr", "score_pool4", "score_pool3"):
+        if hasattr(model, name):
+            torch.nn.init.normal_(getattr(model, name).weight, std=0.5)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def data():
+    return ShapesDataset(4, (72, 90), seed=7)  # not a multiple of 32: maps overhang
+
+
+@pytest.fixture
+def explorer(data):
+    return FusionExplorer(_model(FCN8s), data)
+
+
+@torch.no_grad()
+def _expected(model, image, pool4_gain, pool3_gain):
+    maps = model.forward_maps(image[None])
+    return model.fuse(maps, None, *image.shape[-2:], pool4_gain, pool3_gain)["out"][0]
+
+
+def _decoded(png: bytes, zoom: int) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))[::zoom, ::zoom]
+
+
+def test_all_gains_one_is_the_models_own_prediction(explorer, data):
+    for i in range(len(data)):
+        explorer.image_index.value = i
+        view = explorer.view
+        with torch.no_grad():
+            logits = explorer.model(data[i][0][None])[0]
+        assert (view.pool4_gain, view.pool3_gain) == (1.0, 1.0)
+        assert torch.equal(view.prediction, logits.argmax(0))
+        assert torch.allclose(view.class_score, logits[view.class_index], atol=1e-5)
+        assert view.mean_iou == view.trained_mean_iou == image_mean_iou(logits.argmax(0), data[i][1], K)
+
+
+@pytest.mark.parametrize("pool4_gain, pool3_gain", [(0.0, 1.0), (1.0, 0.0), (0.0, 0.0), (0.5, 1.7)])
+def test_gains_refuse_the_cached_maps(explorer, data, pool4_gain, pool3_gain):
+    explorer.image_index.value = 2
+    explorer.class_index.value = 4
+    trained = explorer.view.prediction
+    explorer.pool4_gain.value = pool4_gain
+    explorer.pool3_gain.value = pool3_gain
+    view = explorer.view
+    image, mask = data[2]
+    scores = _expected(explorer.model, image, pool4_gain, pool3_gain)
+    assert (view.image_index, view.class_index, view.pool4_gain, view.pool3_gain) == (
+        2, 4, pool4_gain, pool3_gain)
+    assert torch.equal(view.prediction, scores.argmax(0))
+    assert torch.allclose(view.class_score, scores[4], atol=1e-5)
+    assert not torch.equal(view.prediction, trained)  # the setting changes what is shown
+    assert view.mean_iou == image_mean_iou(scores.argmax(0), mask, K)
+    assert f"mean IoU <b>{view.mean_iou:.3f}</b>" in explorer.readout.value
+    assert f"gains 1: {view.trained_mean_iou:.3f}" in explorer.readout.value
+    # the picture shown is the prediction in the lesson's colours
+    shown = _decoded(explorer.views["prediction"].value, explorer.zoom)
+    assert np.array_equal(shown, colorize(view.prediction))
+
+
+def test_mean_iou_readout_follows_the_gains(explorer):
+    explorer.image_index.value = 1
+    shown = {}
+    for gain in (1.0, 0.0):
+        explorer.pool4_gain.value = explorer.pool3_gain.value = gain
+        shown[gain] = (explorer.view.mean_iou, explorer.readout.value)
+    assert shown[1.0][0] != shown[0.0][0]
+    assert shown[1.0][1] != shown[0.0][1]
+    assert f"{shown[0.0][0]:.3f}" in shown[0.0][1]
+
+
+def test_class_changes_the_score_map_not_the_prediction(explorer):
+    explorer.pool3_gain.value = 0.0
+    first = explorer.view
+    explorer.class_index.value = (first.class_index + 1) % K
+    second = explorer.view
+    assert torch.equal(first.prediction, second.prediction)
+    assert not torch.equal(first.class_score, second.class_score)
+    assert CLASSES[second.class_index] in explorer.titles["class score"].value
+
+
+def test_score_colours_use_a_fixed_per_image_scale(explorer):
+    explorer.class_index.value = 3
+    trained = explorer.view
+    assert trained.score_limit == pytest.approx(trained.class_score.abs().max().item())
+    explorer.pool4_gain.value = 2.0
+    assert explorer.view.score_limit == trained.score_limit  # the scale does not follow the sliders
+    shown = _decoded(explorer.views["class score"].value, explorer.zoom).astype(int)
+    white = np.unravel_index(explorer.view.class_score.abs().argmin().item(), shown.shape[:2])
+    strongest = np.unravel_index(explorer.view.class_score.abs().argmax().item(), shown.shape[:2])
+    assert (shown[white] > 220).all()  # near zero: white
+    assert shown[strongest].max() - shown[strongest].min() > 100  # saturated red or blue
+
+
+def test_backbone_runs_once_per_image_and_a_toggle_is_fast(data):
+    model = _model(FCN8s)
+    calls = []
+    model.backbone.register_forward_hook(lambda *_: calls.append(1))
+    explorer = FusionExplorer(model, data)
+    assert len(calls) == 1
+    explorer.image_index.value = 1
+    explorer.image_index.value = 0
+    assert len(calls) == 2  # image 0 came from the cache
+    times = []
+    for gain in (0.0, 1.0, 0.3, 2.0, 0.0, 1.0) * 3:
+        start = time.perf_counter()
+        explorer.pool4_gain.value = gain  # observe -> update, as in the browser
+        explorer.pool3_gain.value = 1.0 - gain / 2
+        times.append((time.perf_counter() - start) / 2)
+    assert len(calls) == 2
+    assert np.median(times) < 0.1, f"an update took {np.median(times) * 1000:.0f} ms"
+
+
+def test_fcn16s_has_no_pool3_control(data):
+    explorer = FusionExplorer(_model(FCN16s), data, image_index=3, class_index=2)
+    assert explorer.pool3_gain.disabled and not explorer.pool4_gain.disabled
+    explorer.pool4_gain.value = 0.0
+    image, _ = data[3]
+    assert torch.equal(explorer.view.prediction, _expected(explorer.model, image, 0.0, 1.0).argmax(0))
+
+
+def test_default_class_is_an_object_in_the_first_image(data):
+    explorer = FusionExplorer(_model(FCN8s), data)
+    assert explorer.class_index.value != 0
+    assert explorer.class_index.value in data[0][1].unique().tolist()
+
+
+def test_rejects_what_it_cannot_explore(data):
+    with pytest.raises(ValueError, match="FCN-32s has no skip"):
+        FusionExplorer(_model(FCN32s), data)
+    with pytest.raises(ValueError, match="empty"):
+        FusionExplorer(_model(FCN8s), ShapesDataset(0, 64))
+    with pytest.raises(ValueError, match="outside the dataset of 4 images"):
+        FusionExplorer(_model(FCN8s), data, image_index=4)
+    with pytest.raises(ValueError, match="class names"):
+        FusionExplorer(_model(FCN8s), data, classes=CLASSES[:3])
+
+
+def test_widget_layout_holds_the_controls(explorer):
+    box = explorer.widget()
+    flat, stack = [], [box]
+    while stack:
+        w = stack.pop()
+        flat.append(w)
+        stack.extend(getattr(w, "children", ()))
+    for control in (explorer.image_index, explorer.class_index, explorer.pool4_gain,
+                    explorer.pool3_gain, explorer.readout, explorer.legend, *explorer.views.values()):
+        assert control in flat
+    assert all(name in explorer.legend.value for name in CLASSES)

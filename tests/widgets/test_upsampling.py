@@ -1,0 +1,174 @@
+"""Notebook 2's upsampling computations and explorer, driven headless through its controls."""
+
+
+import pytest
+import torch
+import torch.nn.functional as F
+from support import fastest_seconds, set_controls
+
+from fcn_lesson import bilinear_upsample
+from fcn_lesson.lessons.upsampling import (
+    checkerboard_variance,
+    compare_upsampling,
+    pattern_image,
+    phase_gains,
+    plot_checkerboards,
+    plot_kernel,
+    plot_profile_1d,
+    plot_scatter_add,
+    scatter_add_steps,
+    transposed_upsample,
+    upsampling_kernel,
+)
+from fcn_lesson.widgets.upsampling import UpsamplingExplorer
+
+
+@pytest.fixture(scope="module")
+def explorer():
+    return UpsamplingExplorer()
+
+
+@pytest.mark.parametrize("factor", [2, 4, 8, 16])
+def test_fcn_setting_is_bilinear_upsample(factor):
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    kernel = upsampling_kernel(factor, 2 * factor)
+    out, shift = transposed_upsample(x, kernel, factor)
+    assert shift == 0
+    torch.testing.assert_close(out, bilinear_upsample(x, factor), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("factor", [2, 4, 8])
+def test_fcn_setting_equals_interpolate_in_the_interior(explorer, factor):
+    r = set_controls(explorer, kind="bilinear", factor=factor, kernel_size=2 * factor)
+    assert r.interior_max_diff < 1e-9
+    assert r.checkerboard_var < 1e-12 and r.shift == 0
+    assert r.border_max_diff > 0.1  # zeros beyond the edge vs interpolate's clamping
+    assert "exactly bilinear" in explorer.readout.value
+    assert "FCN's setting" in explorer.readout.value
+
+
+@pytest.mark.parametrize("factor", [3, 5, 7])
+def test_odd_factor_needs_kernel_2s_minus_1(factor):
+    exact = compare_upsampling(pattern_image(), factor, 2 * factor - 1)
+    assert exact.shift == 0 and exact.interior_max_diff < 1e-6  # float32 bilinear_kernel
+    shifted = compare_upsampling(pattern_image(), factor, 2 * factor)
+    assert shifted.shift == 0.5 and shifted.interior_max_diff > 0.05
+
+
+@pytest.mark.parametrize("factor,kernel_size", [(2, 1), (2, 3), (2, 5), (3, 4), (3, 7), (4, 6),
+                                                (4, 10), (8, 12), (8, 20)])
+def test_box_kernel_not_a_multiple_of_the_stride_makes_a_checkerboard(explorer, factor,
+                                                                      kernel_size):
+    r = set_controls(explorer, kind="box", factor=factor, kernel_size=kernel_size)
+    assert r.checkerboard_var > 1e-3
+    assert "checkerboard" in explorer.readout.value
+    # the gains are the overlap counts: ceil(k/s) or floor(k/s) taps per axis
+    counts = {kernel_size // factor, -(-kernel_size // factor)}
+    taps = {round(g * kernel_size**2 / factor**2) for g in r.gains.flatten().tolist()}
+    assert taps == {a * b for a in counts for b in counts}
+
+
+@pytest.mark.parametrize("factor,multiple", [(2, 1), (2, 3), (4, 2), (8, 1)])
+def test_box_kernel_multiple_of_the_stride_is_even(factor, multiple):
+    r = compare_upsampling(pattern_image(), factor, factor * multiple, "box")
+    assert r.checkerboard_var < 1e-12
+
+
+@pytest.mark.parametrize("factor,kernel_size", [(2, 5), (2, 9), (4, 4), (4, 6), (4, 12),
+                                                (8, 10)])
+def test_bilinear_kernel_of_the_wrong_size_makes_a_checkerboard(factor, kernel_size):
+    r = compare_upsampling(pattern_image(), factor, kernel_size)
+    assert r.checkerboard_var > 1e-3
+    assert r.interior_max_diff > 0.01
+
+
+def test_box_kernel_of_the_factor_is_nearest_neighbour():
+    x = torch.randn(1, 2, 3, 4, dtype=torch.float64)
+    for factor in (2, 3, 4):
+        out, shift = transposed_upsample(x, upsampling_kernel(factor, factor, "box"), factor)
+        assert shift == 0
+        assert torch.equal(out, F.interpolate(x, scale_factor=factor, mode="nearest"))
+
+
+def test_phase_gains_are_the_interior_of_an_upsampled_constant():
+    for factor, kernel_size, kind in [(2, 3, "box"), (4, 6, "bilinear"), (3, 5, "bilinear")]:
+        kernel = upsampling_kernel(factor, kernel_size, kind)
+        ones = torch.ones(1, 1, 9, 9, dtype=torch.float64)
+        out = transposed_upsample(ones, kernel, factor)[0][0, 0]
+        inner = out[2 * factor:-2 * factor, 2 * factor:-2 * factor]
+        period = inner[:factor, :factor]
+        assert torch.allclose(inner, period.repeat(inner.shape[0] // factor,
+                                                   inner.shape[1] // factor))
+        assert torch.allclose(torch.sort(period.flatten()).values,
+                              torch.sort(phase_gains(kernel, factor).flatten()).values)
+        assert checkerboard_variance(kernel, factor) == pytest.approx(
+            inner.var(unbiased=False).item(), abs=1e-12)
+
+
+def test_border_gain_of_the_fcn_upsampler():
+    # The outermost output pixel receives only its nearest input's tap, 1/2 + 1/(2 s) of it.
+    r = compare_upsampling(torch.ones(6, 6, dtype=torch.float64), 2, 4)
+    assert r.upsampled[0, 5].item() == 0.75 and r.upsampled[0, 0].item() == 0.75**2
+    assert r.border_max_diff == 1 - 0.75**2
+    ones = torch.ones(1, 1, 3, 3)
+    assert bilinear_upsample(ones, 32)[0, 0, 0, 40].item() == pytest.approx(0.5 + 1 / 64)
+
+
+def test_kernels_sum_to_the_factor_squared():
+    for kind in ("bilinear", "box"):
+        for factor, k in [(2, 4), (2, 3), (4, 5), (8, 16)]:
+            assert upsampling_kernel(factor, k, kind).sum().item() == pytest.approx(factor**2)
+    assert torch.equal(upsampling_kernel(4, 8), torch.outer(*[torch.tensor(
+        [1, 3, 5, 7, 7, 5, 3, 1], dtype=torch.float64) / 8] * 2))  # FCN's kernel unscaled
+    with pytest.raises(ValueError, match="kind must be one of"):
+        upsampling_kernel(2, 4, "gaussian")
+    with pytest.raises(ValueError, match="kernel_size must be a positive int"):
+        upsampling_kernel(2, 0)
+
+
+def test_scatter_add_is_the_transposed_convolution():
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    kernel = upsampling_kernel(2, 4).float()
+    stamps = scatter_add_steps(x, kernel, 2)
+    assert stamps.shape == (4, 6, 6)
+    torch.testing.assert_close(stamps[3, 2:, 2:], 4.0 * kernel)
+    expected = F.conv_transpose2d(x[None, None], kernel[None, None], stride=2)[0, 0]
+    torch.testing.assert_close(stamps.sum(0), expected)
+
+
+def test_controls_drive_the_readout_and_picture(explorer):
+    before = set_controls(explorer, kind="bilinear", factor=4, kernel_size=8)
+    png = explorer.picture.value
+    after = set_controls(explorer, kernel_size=7)
+    assert before.kernel_size == 8 and after.kernel_size == 7 and after.shift == 0.5
+    assert "half a pixel" in explorer.readout.value
+    assert explorer.picture.value != png and png[:8] == b"\x89PNG\r\n\x1a\n"
+    image = explorer._images[1].get_array()
+    assert image.shape == (48, 48)
+    assert torch.equal(torch.from_numpy(image.data), after.upsampled)
+
+
+def test_update_is_fast(explorer):
+    set_controls(explorer, kind="box", factor=8, kernel_size=32)
+    assert fastest_seconds(explorer.update) < 0.1
+
+
+def test_static_figures():
+    fig = plot_kernel((4, 16))
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["bilinear_kernel(4): factor 2",
+                                                       "bilinear_kernel(16): factor 8"]
+    (profile_ax,) = [ax for ax in fig.axes if ax.get_title().startswith("1-D profile")]
+    profile = profile_ax.lines[1].get_ydata()  # after the ideal tent
+    assert list(profile) == pytest.approx([0.25, 0.75, 0.75, 0.25])
+
+    fig = plot_profile_1d(torch.tensor([1.0, 0.2, 0.6, 1.0]), 4)
+    conv, ref = (line.get_ydata() for line in fig.axes[0].lines[1::-1])
+    assert len(conv) == 16 and abs(conv[2:-2] - ref[2:-2]).max() < 1e-12
+    assert abs(conv - ref).max() > 0
+
+    fig = plot_scatter_add(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), upsampling_kernel(2, 4), 2, 1)
+    assert len(fig.axes) == 7 and fig.axes[-1].get_title() == "output (4, 4)"
+
+    cases = [("FCN", upsampling_kernel(2, 4), 2), ("box", upsampling_kernel(2, 3, "box"), 2)]
+    fig = plot_checkerboards(cases)
+    assert "var 0.000" in fig.axes[0].get_title() and "var 0.235" in fig.axes[1].get_title()
