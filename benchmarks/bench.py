@@ -39,7 +39,8 @@ from benchmarks.textbook_fcn import TextbookFCN
 from fcn_lesson import classroom
 from fcn_lesson.core.models import VARIANTS, FCN8s
 from fcn_lesson.engine.metrics import IGNORE_INDEX
-from fcn_lesson.lessons.compare import LABELS, format_table
+from fcn_lesson.lessons.compare import LABELS
+from fcn_lesson.lessons.tables import format_table
 
 PARTS = ("notebooks", "latency", "widgets", "train", "memory")
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -58,7 +59,9 @@ BUSY_LOAD = 0.5
 
 TARGETS = {"notebook_s": 60.0, "notebooks_total_s": 360.0, "widget_median_ms": 100.0,
            "fcn8s_128_batch1_ms": 5.0, "naive_ratio": 1.0, "gpu_bf16_speedup": 2.5,
-           "gpu_share_of_peak": 0.35}
+           "gpu_share_of_peak": 0.35,
+           # A notebook kernel's peak memory (MB): classroom JupyterHub / Binder pods give 1-2 GB.
+           "notebook_peak_rss_mb": 1500.0}
 
 
 def peak_bf16_tflops(device_name: str) -> float | None:
@@ -469,6 +472,8 @@ def check_targets(results: dict) -> list[dict]:
         for r in results["notebooks"]["rows"]:
             add(f"{r['notebook']} run time (s)", r["seconds"], f"<= {TARGETS['notebook_s']:g}",
                 r["seconds"] is not None and r["seconds"] <= TARGETS["notebook_s"])
+            add(f"{r['notebook']} peak RSS (MB)", r["peak_rss_mb"], f"<= {TARGETS['notebook_peak_rss_mb']:g}",
+                r["peak_rss_mb"] is not None and r["peak_rss_mb"] <= TARGETS["notebook_peak_rss_mb"])
         total = results["notebooks"]["total_seconds"]
         add("all notebooks (s)", total, f"<= {TARGETS['notebooks_total_s']:g}",
             total is not None and total <= TARGETS["notebooks_total_s"])

@@ -40,7 +40,6 @@ __all__ = [
     "Stage",
     "conv_output_size",
     "conv_transpose_output_size",
-    "format_stage_table",
     "meta_vgg16",
     "stage_table",
     "vgg16_score_size",
@@ -322,19 +321,3 @@ def stage_table(model: nn.Module, height: int, width: int) -> list[Stage]:
     rows = [Stage("input", (3, height, width), 1, 1, 0.0)]
     _walk(model, rows[0], rows)
     return rows
-
-
-def format_stage_table(rows: list[Stage]) -> str:
-    """`stage_table` rows as an aligned text table ("-" where a layer is not a map)."""
-    header = ("layer", "output (C, h, w)", "stride", "receptive field", "centre of cell 0")
-    lines = [header]
-    for row in rows:
-        lines.append((row.name, " x ".join(map(str, row.shape)),
-                      *("-" if v is None else f"{_num(v)}"
-                        for v in (row.stride, row.receptive_field, row.center))))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    text = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
-                      for i, (cell, w) in enumerate(zip(line, widths, strict=True)))
-            for line in lines]
-    text.insert(1, "-" * len(text[0]))
-    return "\n".join(text)

@@ -8,7 +8,6 @@ only, no memory, no initialisation), which is all parameter and FLOP counts need
 """
 
 import copy
-import math
 import statistics
 import time
 from collections.abc import Mapping, Sequence
@@ -28,9 +27,6 @@ from fcn_lesson.engine.metrics import (
 LABELS = {"fcn32s": "FCN-32s", "fcn16s": "FCN-16s", "fcn8s": "FCN-8s"}
 
 METRICS = ("pixel_acc", "mean_acc", "mean_iou", "fw_iou", "boundary_acc")
-HEADERS = {"variant": "variant", "pixel_acc": "pixel acc", "mean_acc": "mean acc",
-           "mean_iou": "mean IU", "fw_iou": "f.w. IU", "boundary_acc": "boundary acc",
-           "params": "params", "gflops": "GFLOPs", "latency_ms": "latency (ms)"}
 
 # Long, Shelhamer & Darrell (CVPR 2015), Table 2: the skip nets on a subset of PASCAL VOC
 # 2011 val, in percent. The paper reports no boundary accuracy for them.
@@ -209,26 +205,3 @@ def model_costs(model: nn.Module, image_size, repeats: int = 5, warmup: int = 1,
 
 # --- text tables -----------------------------------------------------------------------
 
-def format_table(rows: Sequence[dict], digits: int = 1, headers: Mapping[str, str] | None = None) -> str:
-    """Rows of dicts (same keys) as an aligned text table: floats with `digits` decimals,
-    ints with thousands separators, NaN as "-". `headers` renames columns (see HEADERS)."""
-    if not rows:
-        raise ValueError("no rows to format")
-    keys = list(rows[0])
-    headers = {**HEADERS, **(headers or {})}
-
-    def cell(v) -> str:
-        if isinstance(v, float):
-            return "-" if math.isnan(v) else f"{v:.{digits}f}"
-        if isinstance(v, int):
-            return f"{v:,}"
-        return str(v)
-
-    lines = [[headers.get(k, k) for k in keys]] + [[cell(row[k]) for k in keys] for row in rows]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(keys))]
-    # Words line up on the left, numbers (and "89.1 / 90.3", "128 x 128") on the right.
-    left = [all(line[i][:1].isalpha() for line in lines[1:]) for i in range(len(keys))]
-    text = ["  ".join(c.ljust(w) if is_left else c.rjust(w)
-                      for c, w, is_left in zip(line, widths, left, strict=True)).rstrip() for line in lines]
-    text.insert(1, "-" * len(text[0]))
-    return "\n".join(text)

@@ -9,7 +9,6 @@ from fcn_lesson import FCN8s, FCN16s, FCN32s, bilinear_upsample
 from fcn_lesson.core.geometry import (
     conv_output_size,
     conv_transpose_output_size,
-    format_stage_table,
     meta_vgg16,
     stage_table,
     vgg16_score_size,
@@ -234,12 +233,3 @@ def test_stage_table_errors():
         stage_table(meta_vgg16(), 0, 224)
     with pytest.raises(ValueError, match="fc6: input of size 2"):
         stage_table(meta_vgg16(convolutional=True), 64, 64)  # 2x2 pool5 < 7x7 fc6
-
-
-def test_format_stage_table():
-    text = format_stage_table(stage_table(meta_vgg16(), 375, 500))
-    lines = text.splitlines()
-    assert lines[0].split()[:2] == ["layer", "output"]
-    assert lines[2].split() == ["input", "3", "x", "375", "x", "500", "1", "1", "0"]
-    assert lines[-1].split() == ["fc8", "1000", "-", "-", "-"]
-    assert len({len(line) for line in lines}) == 1  # aligned columns

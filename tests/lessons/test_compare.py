@@ -1,6 +1,5 @@
 """The comparison helpers: counts checked by hand, metrics against their definitions."""
 
-import math
 import time
 
 import pytest
@@ -17,7 +16,6 @@ from fcn_lesson.lessons.compare import (
     accuracy_vs_distance,
     count_flops,
     count_parameters,
-    format_table,
     full_width_model,
     measure_latency,
     metrics_table,
@@ -207,21 +205,3 @@ def test_qualitative_grid_shows_image_truth_and_each_variant(data, models):
     assert len(fig.legends) == 1
     with pytest.raises(ValueError, match="one per image"):
         qualitative_grid(data, [0], {"fcn8s": preds["fcn8s"][:2]})
-
-
-def test_format_table_aligns_numbers():
-    text = format_table([{"variant": "FCN-8s", "params": 2105242, "gflops": 0.2237, "x": math.nan},
-                         {"variant": "FCN-32s", "params": 12, "gflops": 10.0, "x": 1.0}], digits=2)
-    lines = text.splitlines()
-    assert lines[0].split() == ["variant", "params", "GFLOPs", "x"]
-    assert set(lines[1]) == {"-"}
-    assert lines[2].split() == ["FCN-8s", "2,105,242", "0.22", "-"]
-    assert lines[3].split() == ["FCN-32s", "12", "10.00", "1.00"]
-    assert len({len(line) for line in lines}) == 1  # columns aligned
-    assert lines[2].startswith("FCN-8s ") and lines[2].endswith(" -")  # words left, numbers right
-    mixed = format_table([{"width": "full VGG16", "image": "224 x 224"},
-                          {"width": "classroom 1/8", "image": "64 x 64"}]).splitlines()
-    assert mixed[2] == "full VGG16     224 x 224"
-    assert mixed[3] == "classroom 1/8    64 x 64"
-    with pytest.raises(ValueError, match="no rows"):
-        format_table([])
