@@ -31,6 +31,7 @@ from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
@@ -83,17 +84,6 @@ def peak_rss_mb() -> float | None:
     except ImportError:  # Windows
         return None
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # bytes on macOS
-
-
-def percentile(samples, q: float) -> float:
-    """The q-th percentile (0-100) of samples, interpolating linearly (as numpy's default)."""
-    if not samples:
-        raise ValueError("no samples")
-    ordered = sorted(samples)
-    position = (len(ordered) - 1) * q / 100
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def _timed(fn, sync=None) -> float:
@@ -305,7 +295,7 @@ def bench_widgets(repeat: int = 10) -> dict:
                 samples.append(1000 * _timed(partial(setattr, control, "value", value)))
             rows.append({"widget": name, "control": attribute,
                          "median_ms": round(statistics.median(samples), 2),
-                         "p95_ms": round(percentile(samples, 95), 2), "samples": len(samples)})
+                         "p95_ms": round(float(np.percentile(samples, 95)), 2), "samples": len(samples)})
     return {"rows": rows, "weights": weights}
 
 

@@ -56,6 +56,35 @@ def _layout_help(root: Path, year: str, image_set: str) -> str:
     )
 
 
+def _missing(root: Path, voc: Path, split: Path) -> list[str]:
+    """What is absent from an unpacked VOC tree, in the order a user would fix it."""
+    if root.exists() and not root.is_dir():
+        return [f"{root}  is a file, not a folder (the archive itself? unpack it first)"]
+    if not root.is_dir():
+        return [f"{root}  (the root folder itself does not exist)"]
+    if not voc.is_dir():
+        return [f"{voc}  (folder)"]
+    missing = [f"{voc / sub}  (folder)" for sub in ("JPEGImages", "SegmentationClass")
+               if not (voc / sub).is_dir()]
+    if not split.is_file():
+        missing.append(f"{split}  (split list)")
+    return missing or _missing_listed_files(voc, split)
+
+
+def _missing_listed_files(voc: Path, split: Path) -> list[str]:
+    ids = [line.strip() for line in split.read_text().splitlines() if line.strip()]
+    if not ids:
+        return [f"{split} lists no images"]
+    absent = [p for i in ids
+              for p in (voc / "JPEGImages" / f"{i}.jpg", voc / "SegmentationClass" / f"{i}.png")
+              if not p.is_file()]
+    if not absent:
+        return []
+    shown = "\n".join(f"    {p}" for p in absent[:5])
+    more = f"\n    ... and {len(absent) - 5} more" if len(absent) > 5 else ""
+    return [f"{len(absent)} file(s) listed in {split.name} (an interrupted unpack?):\n{shown}{more}"]
+
+
 def check_voc_root(root: str | os.PathLike, year: str = "2012", image_set: str = "train") -> Path:
     """Check that ``root`` holds an unpacked VOC segmentation split; return its VOC<year> folder.
 
@@ -66,62 +95,17 @@ def check_voc_root(root: str | os.PathLike, year: str = "2012", image_set: str =
     root = Path(os.path.expanduser(os.fspath(root)))
     info = _year_info(year)
     voc = root / info["base_dir"]
-    split = voc / "ImageSets" / "Segmentation" / f"{image_set}.txt"
-    missing: list[str] = []
-
-    if root.exists() and not root.is_dir():
-        missing.append(f"{root}  is a file, not a folder (the archive itself? unpack it first)")
-    elif not root.is_dir():
-        missing.append(f"{root}  (the root folder itself does not exist)")
-    elif not voc.is_dir():
-        missing.append(f"{voc}  (folder)")
-    else:
-        for sub in ("JPEGImages", "SegmentationClass"):
-            if not (voc / sub).is_dir():
-                missing.append(f"{voc / sub}  (folder)")
-        if not split.is_file():
-            missing.append(f"{split}  (split list)")
-
-    if not missing:
-        ids = [line.strip() for line in split.read_text().splitlines() if line.strip()]
-        if not ids:
-            missing.append(f"{split} lists no images")
-        absent = [
-            p
-            for i in ids
-            for p in (voc / "JPEGImages" / f"{i}.jpg", voc / "SegmentationClass" / f"{i}.png")
-            if not p.is_file()
-        ]
-        if absent:
-            shown = "\n".join(f"    {p}" for p in absent[:5])
-            more = f"\n    ... and {len(absent) - 5} more" if len(absent) > 5 else ""
-            missing.append(
-                f"{len(absent)} file(s) listed in {split.name} (an interrupted unpack?):\n"
-                f"{shown}{more}"
-            )
-
+    missing = _missing(root, voc, voc / "ImageSets" / "Segmentation" / f"{image_set}.txt")
     if not missing:
         return voc
-
     hint = ""
-    if (
-        root.name.startswith("VOC")
-        or (root / "JPEGImages").is_dir()
-        or (root / f"VOC{year}").is_dir()
-    ):
-        hint = (
-            f"Note: root should be the folder that CONTAINS {Path(info['base_dir']).parts[0]}/, "
-            f"not {root.name}/ itself.\n"
-        )
-    msg = (
+    if root.name.startswith("VOC") or (root / "JPEGImages").is_dir() or (root / f"VOC{year}").is_dir():
+        hint = (f"Note: root should be the folder that CONTAINS {Path(info['base_dir']).parts[0]}/, "
+                f"not {root.name}/ itself.\n")
+    raise VOCNotFoundError(
         f"PASCAL VOC {year} ({image_set} split) not found or incomplete under {str(root)!r}.\n"
-        "Missing:\n"
-        + "\n".join(f"  - {m}" for m in missing)
-        + "\n"
-        + hint
-        + _layout_help(root, year, image_set)
-    )
-    raise VOCNotFoundError(msg)
+        "Missing:\n" + "\n".join(f"  - {m}" for m in missing) + "\n" + hint
+        + _layout_help(root, year, image_set))
 
 
 def safe_extract(archive_path: str | os.PathLike, dest: str | os.PathLike) -> Path:

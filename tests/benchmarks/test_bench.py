@@ -4,7 +4,6 @@ tutorial-style naive FCN it compares against."""
 import json
 
 import nbformat
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,7 +16,6 @@ from benchmarks.bench import (
     cli,
     minor_page_faults,
     peak_bf16_tflops,
-    percentile,
     report,
     run,
     take_turns,
@@ -87,14 +85,6 @@ def test_peak_table_matches_specific_names_first():
     assert peak_bf16_tflops("NVIDIA H100 PCIe") == 756
     assert peak_bf16_tflops("NVIDIA A100-SXM4-80GB") == 312
     assert peak_bf16_tflops("Tesla T4") is None
-
-
-def test_percentile_is_numpys_linear_percentile():
-    samples = [5.0, 1.0, 9.0, 3.0, 7.0, 2.0]
-    for q in (0, 50, 95, 100):
-        assert percentile(samples, q) == pytest.approx(np.percentile(samples, q))
-    with pytest.raises(ValueError, match="no samples"):
-        percentile([], 95)
 
 
 def test_ours_and_naive_take_turns_at_going_first():
