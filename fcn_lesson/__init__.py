@@ -12,6 +12,7 @@ from fcn_lesson.engine.metrics import (
     confusion_matrix,
     segmentation_scores,
 )
+from fcn_lesson.lessons.explain import explain_pixel
 
 __version__ = package_version()
 
@@ -20,5 +21,5 @@ __all__ = [
     "BilinearUpsample", "bilinear_kernel", "bilinear_upsample",
     "accuracy_by_boundary_distance", "boundary_accuracy", "confusion_matrix",
     "segmentation_scores", "convolutionalize", "fc_to_conv", "ShapesDataset",
-    "load_classroom_classifier", "load_classroom_model",
+    "load_classroom_classifier", "load_classroom_model", "explain_pixel",
 ]
