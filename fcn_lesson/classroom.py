@@ -5,6 +5,7 @@ Everything a notebook needs to get a trained model offline in a second:
 with these settings (the exact commands and the metrics reached are in data/README.md).
 """
 
+import importlib.resources
 import os
 from pathlib import Path
 
@@ -22,8 +23,14 @@ STAGES = ("fcn32s", "fcn16s", "fcn8s")  # stage-wise: each initialised from the 
 
 
 def data_dir() -> Path:
-    """The folder with the shipped checkpoints (override with FCN_LESSON_DATA)."""
-    return Path(os.environ.get("FCN_LESSON_DATA", Path(__file__).resolve().parent.parent / "data"))
+    """The folder with the shipped checkpoints (override with FCN_LESSON_DATA).
+
+    They install as the package `fcn_lesson.checkpoints` (the repository's data/, mapped in
+    pyproject.toml), so a wheel or a `pip install` from git finds them as an editable clone does.
+    """
+    if "FCN_LESSON_DATA" in os.environ:
+        return Path(os.environ["FCN_LESSON_DATA"])
+    return Path(importlib.resources.files("fcn_lesson.checkpoints"))
 
 
 def checkpoint_path(variant: str) -> Path:
