@@ -18,10 +18,22 @@ import torch.nn.functional as F
 from fcn_lesson.datasets.common import IGNORE_INDEX
 
 
+def _as_tensor(value, name: str, device: torch.device | None = None) -> torch.Tensor:
+    """`value` as a tensor: tensors as they are, array-likes (a numpy array such as sklearn's
+    confusion matrix, nested lists) through torch.as_tensor, which shares a numpy array's memory."""
+    if isinstance(value, torch.Tensor):
+        return value
+    try:
+        return torch.as_tensor(value, device=device)
+    except (TypeError, ValueError, RuntimeError) as e:
+        kind = type(value).__qualname__
+        kind = kind if type(value).__module__ == "builtins" else f"{type(value).__module__}.{kind}"
+        raise TypeError(f"{name} must be a torch tensor or an array-like of numbers (numpy array, nested "
+                        f"lists), got {kind}: {e}") from None
+
+
 def _check_labels(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
                   ignore_index: int) -> None:
-    if not isinstance(pred, torch.Tensor) or not isinstance(target, torch.Tensor):
-        raise TypeError("pred and target must be torch tensors of class indices")
     if pred.shape != target.shape:
         raise ValueError(f"pred and target shapes differ: {tuple(pred.shape)} vs "
                          f"{tuple(target.shape)}; pass argmax predictions (N, H, W), not logits")
@@ -44,7 +56,11 @@ def _check_labels(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
                      ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """(num_classes, num_classes) int64 counts; rows = ground truth, columns = prediction.
-    Pixels labelled `ignore_index` are not counted. Sum the matrices of many batches."""
+    Pixels labelled `ignore_index` are not counted. Sum the matrices of many batches.
+    pred and target may be tensors or array-likes (numpy arrays); an array-like goes to the
+    other argument's device."""
+    target = _as_tensor(target, "target", pred.device if isinstance(pred, torch.Tensor) else None)
+    pred = _as_tensor(pred, "pred", target.device)
     _check_labels(pred, target, num_classes, ignore_index)
     valid = target != ignore_index
     index = target[valid].long() * num_classes + pred[valid].long()
@@ -54,7 +70,8 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
 
 def segmentation_scores(cm: torch.Tensor) -> dict:
     """pixel_acc, mean_acc, mean_iou, fw_iou (floats) and iou, acc (per-class tensors, NaN
-    where undefined) from a confusion matrix."""
+    where undefined) from a confusion matrix (a tensor or an array-like such as a numpy array)."""
+    cm = _as_tensor(cm, "the confusion matrix")
     if cm.dim() != 2 or cm.shape[0] != cm.shape[1]:
         raise ValueError(f"expected a square confusion matrix, got shape {tuple(cm.shape)}")
     cm = cm.double()

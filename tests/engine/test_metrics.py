@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -101,3 +102,29 @@ def test_boundary_accuracy_and_distance_profile():
     acc, count = accuracy_by_boundary_distance(coarse, target, max_distance=4)
     assert acc.tolist() == pytest.approx([0.5, 0.5, 1.0, 1.0, 1.0])
     assert count.tolist() == [16, 16, 16, 16, 8 * 32 - 64]
+
+
+def test_numpy_and_list_inputs_score_like_tensors():
+    # sklearn's confusion_matrix and np.asarray of ours are numpy arrays (rows = truth here too).
+    target = torch.tensor([[0, 0, 1, 1], [2, 2, 255, 1]])
+    pred = torch.tensor([[0, 1, 1, 1], [2, 0, 2, 0]])
+    cm = confusion_matrix(pred, target, num_classes=3)
+    assert torch.equal(confusion_matrix(pred.numpy(), target.numpy(), 3), cm)
+    assert torch.equal(confusion_matrix(pred.tolist(), target, 3), cm)
+    expected = segmentation_scores(cm)
+    for given in (np.asarray(cm), cm.numpy().astype(np.uint32), cm.tolist()):
+        scores = segmentation_scores(given)
+        for key in ("pixel_acc", "mean_acc", "mean_iou", "fw_iou"):
+            assert scores[key] == pytest.approx(expected[key]), (type(given), key)
+        torch.testing.assert_close(scores["iou"], expected["iou"], equal_nan=True)
+
+
+@pytest.mark.parametrize("given, named", [
+    ("confusion", "str"), (None, "NoneType"), ({"tp": 3}, "dict"), ([[1, 2], [3]], "list"),
+    (np.array([object()]), "numpy.ndarray"),
+])
+def test_what_is_not_an_array_gets_a_type_error_naming_it(given, named):
+    with pytest.raises(TypeError, match=rf"matrix must be a torch tensor or an array-like.*got {named}"):
+        segmentation_scores(given)
+    with pytest.raises(TypeError, match=rf"^pred must be .*got {named}"):
+        confusion_matrix(given, torch.zeros(2, 2, dtype=torch.long), 3)
