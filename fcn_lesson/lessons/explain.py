@@ -167,6 +167,10 @@ def _pixel_weights(model: FCN, sizes: dict[str, tuple[int, int]], row: int,
     return weights
 
 
+def _side(box: Box) -> str:
+    return f"{box[3] - box[1]:g}"
+
+
 def explain_from_maps(model: FCN, maps: dict[str, torch.Tensor], height: int, width: int,
                       row: int, col: int, stages: dict | None = None) -> PixelExplanation:
     """`explain_pixel` from cached `score_maps(model, image)` of an (height, width) image:
@@ -283,11 +287,16 @@ def plot_pixel_explanation(explanation: PixelExplanation, image: torch.Tensor, c
                          f"{picture.shape[0]}x{picture.shape[1]}")
     streams = e.streams
     panels = 2 + len(streams) + (prediction is not None)
+    ratios = [1] * (panels - 1) + [1.3]
     if figure is None:
-        figure = plt.figure(figsize=(2.6 * panels + 0.6, 3.5), layout="constrained")
+        figure = plt.figure(figsize=(2.7 * panels + 0.8, 3.7), layout="constrained")
+        axes = figure.subplots(1, panels, width_ratios=ratios)
     else:
+        # A figure that is redrawn on every slider move gets fixed margins: a layout engine
+        # would measure every tick label again each time, which is most of the drawing time.
         figure.clear()
-    axes = figure.subplots(1, panels, width_ratios=[1] * (panels - 1) + [1.3])
+        axes = figure.subplots(1, panels, width_ratios=ratios, gridspec_kw=dict(
+            left=0.035, right=0.99, bottom=0.09, top=0.8, wspace=0.28))
     p = e.prediction
 
     def pixel_image(ax, title):
@@ -300,13 +309,11 @@ def plot_pixel_explanation(explanation: PixelExplanation, image: torch.Tensor, c
         ax.tick_params(labelsize=8)
 
     ax = axes[0]
-    pixel_image(ax, f"pixel ({e.row}, {e.col}): receptive fields")
+    pixel_image(ax, f"pixel ({e.row}, {e.col}):\nreceptive fields")
     for s in streams:
         top, left, bottom, right = e.receptive_fields[s]
         ax.add_patch(Rectangle((left, top), right - left, bottom - top, fill=False, lw=2,
-                               color=STREAM_COLOURS[s],
-                               label=f"{SOURCES[s]}: {right - left:g} px"))
-    ax.legend(fontsize=8, loc="lower left", framealpha=0.8)
+                               color=STREAM_COLOURS[s]))
     column = 1
     if prediction is not None:
         axes[column].imshow(colorize(prediction, palette), extent=(0, width, height, 0),
@@ -315,31 +322,37 @@ def plot_pixel_explanation(explanation: PixelExplanation, image: torch.Tensor, c
         axes[column].set_title(f"{e.variant} predicts: {classes[p]}", fontsize=10)
         axes[column].tick_params(labelsize=8)
         column += 1
+    cmap = plt.get_cmap("RdBu_r")
     for ax, s in zip(axes[column:column + len(streams)], streams, strict=True):
         cells = e.feeding[s]
         share = cells.contributions[:, p]
         limit = max(float(share.abs().max()), 1e-6)
         pixel_image(ax, f"{SOURCES[s]} cells (stride {cells.stride})\nadd "
                         f"{float(e.contributions[s][p]):+.1f} to {classes[p]}")
-        cmap = plt.get_cmap("RdBu_r")
+        # Zoomed to the feeding cells and one cell around them, so each cell's label fits.
+        top, left, bottom, right = _union(cells.cell_boxes())
+        margin = cells.stride / 2
+        ax.set_xlim(max(left - margin, 0), min(right + margin, max(right, width)))
+        ax.set_ylim(min(bottom + margin, max(bottom, height)), max(top - margin, 0))
         for (top, left, bottom, right), v in zip(cells.cell_boxes(), share.tolist(), strict=True):
             ax.add_patch(Rectangle((left, top), right - left, bottom - top, alpha=0.55,
                                    color=cmap(0.5 + 0.5 * v / limit)))
             ax.add_patch(Rectangle((left, top), right - left, bottom - top, fill=False, lw=1,
                                    color=STREAM_COLOURS[s]))
             ax.text((left + right) / 2, (top + bottom) / 2, f"{v:+.1f}", ha="center",
-                    va="center", fontsize=8, clip_on=True)
+                    va="center", fontsize=7.5, clip_on=True,
+                    color="white" if abs(v) > 0.6 * limit else "black")
     ax = axes[-1]
     shown = top_classes(e, k)
     bar = 0.8 / len(streams)
     for n, s in enumerate(streams):
         ax.bar([i + (n - (len(streams) - 1) / 2) * bar for i in range(len(shown))],
                [float(e.contributions[s][c]) for c in shown], bar, color=STREAM_COLOURS[s],
-               label=SOURCES[s])
+               label=f"{SOURCES[s]} (sees {_side(e.receptive_fields[s])} px)")
     ax.plot(range(len(shown)), [float(e.logits[c]) for c in shown], "kD", ms=6, label="total")
     ax.axhline(0, color="0.5", lw=0.8)
     ax.set_xticks(range(len(shown)), [classes[c] for c in shown], fontsize=9)
-    ax.set_title("contributions to the top classes", fontsize=10)
+    ax.set_title("what each stream adds", fontsize=10)
     ax.set_ylabel("logit", fontsize=9)
     ax.tick_params(labelsize=8)
     ax.legend(fontsize=8)
