@@ -19,11 +19,16 @@ from fcn_lesson.core.upsample import bilinear_kernel
 __all__ = [
     "KERNEL_KINDS",
     "checkerboard_variance",
+    "learned_phase_gains",
     "phase_gains",
     "plot_checkerboards",
     "plot_kernel",
+    "plot_learned_phase_gains",
     "plot_profile_1d",
+    "plot_resize_convolve",
     "plot_scatter_add",
+    "resize_conv_kernel",
+    "resize_convolve",
     "scatter_add_steps",
     "pattern_image",
     "transposed_upsample",
@@ -117,7 +122,7 @@ def scatter_add_steps(x: torch.Tensor, kernel: torch.Tensor, stride: int) -> tor
     """(h, w) input -> (h w, H, W): each input value times the kernel, stamped at
     (i stride, j stride) of the uncropped output. Their sum is `F.conv_transpose2d`."""
     (h, w), k = x.shape, kernel.shape[0]
-    out = torch.zeros(h * w, (h - 1) * stride + k, (w - 1) * stride + k, dtype=x.dtype)
+    out = torch.zeros(h * w, (h - 1) * stride + k, (w - 1) * stride + k, dtype=x.dtype, device=x.device)
     for n, (i, j) in enumerate((i, j) for i in range(h) for j in range(w)):
         out[n, i * stride:i * stride + k, j * stride:j * stride + k] = x[i, j] * kernel
     return out
@@ -330,3 +335,140 @@ def compare_upsampling(image: torch.Tensor, factor: int, kernel_size: int,
         border_max_diff=diff[~inner].max().item(),
         gains=gains, checkerboard_var=gains.var(unbiased=False).item(),
     )
+
+
+def learned_phase_gains(weight: torch.Tensor, factor: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A learned (C, C, k, k) transposed-convolution weight (in, out, k, k), as FCN's
+    `upscore2` / `upscore_pool4`, measured with `phase_gains`.
+
+    Returns (gains, off_diagonal): gains (C, factor, factor), the phase gains of each class's
+    own kernel `weight[c, c]` (a flat map of class c comes out patterned unless they are
+    equal; at initialisation all are 1); off_diagonal (C,), the share of the total |weight|
+    reaching output class c that comes from the other classes (0 at initialisation).
+    """
+    if weight.dim() != 4 or weight.shape[0] != weight.shape[1]:
+        raise ValueError(f"expected a (C, C, k, k) weight, got shape {tuple(weight.shape)}")
+    weight = weight.detach().cpu().double()
+    classes = torch.arange(weight.shape[0])
+    own = weight[classes, classes]  # (C, k, k)
+    gains = torch.stack([phase_gains(kernel, factor) for kernel in own])
+    total = weight.abs().sum(dim=(0, 2, 3))  # per output class
+    off_diagonal = 1 - own.abs().sum(dim=(1, 2)) / total
+    return gains, off_diagonal
+
+
+def plot_learned_phase_gains(layers: dict, classes):
+    """One row per learned upsampler in `layers` ({title: BilinearUpsample}): each class's
+    phase gains (its own kernel) on one colour scale centred on 1, the bilinear start."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import TwoSlopeNorm
+
+    measured = {title: learned_phase_gains(layer.weight, layer.factor)
+                for title, layer in layers.items()}
+    # Colour: each gain relative to its class's mean gain. A class whose gains are all 1.3
+    # is scaled up, not patterned; the checkerboard is the spread around the mean.
+    relative = {t: g / g.mean(dim=(1, 2), keepdim=True) for t, (g, _) in measured.items()}
+    spread = max(max(float((r - 1).abs().max()) for r in relative.values()), 1e-3)
+    norm = TwoSlopeNorm(1.0, 1 - spread, 1 + spread)
+    fig, axes = plt.subplots(len(layers), len(classes), squeeze=False, layout="constrained",
+                             figsize=(1.7 * len(classes) + 1.2, 2.0 * len(layers) + 0.6))
+    for row_axes, (title, (gains, off)) in zip(axes, measured.items(), strict=True):
+        for c, ax in enumerate(row_axes):
+            im = ax.imshow(relative[title][c].numpy(), cmap="PuOr_r", norm=norm)
+            _annotate_centred(ax, gains[c], (relative[title][c] - 1).abs() > 0.6 * spread)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            spread_c = float((gains[c].max() - gains[c].min()) / gains[c].mean())
+            ax.set_title(f"{classes[c]}: spread {100 * spread_c:.0f}%\n{100 * off[c]:.0f}% "
+                         "off-diagonal", fontsize=9)
+        row_axes[0].set_ylabel(title, fontsize=9)
+    fig.colorbar(im, ax=axes, shrink=0.8, label="gain / the class's mean gain")
+    fig.suptitle("learned 2x upsamplers: phase gains of each class's own kernel (numbers; "
+                 "bilinear: all 1). Unequal = checkerboard", fontsize=11)
+    return fig
+
+
+def _annotate_centred(ax, values: torch.Tensor, dark: torch.Tensor) -> None:
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            ax.text(j, i, f"{float(values[i, j]):.2f}", ha="center", va="center", fontsize=9,
+                    color="white" if dark[i, j] else "black")
+
+
+def resize_convolve(x: torch.Tensor, kernel: torch.Tensor, factor: int,
+                    mode: str = "nearest") -> torch.Tensor:
+    """Distill's remedy for checkerboards (Odena, Dumoulin & Olah 2016): resize (N, C, h, w)
+    by `factor` with `F.interpolate` (`mode` "nearest" or "bilinear"), then convolve every
+    channel with the (k, k) `kernel`, zero-padded to keep the size: (N, C, h factor, w factor).
+
+    Every output pixel then gets the whole kernel, whatever its phase: no checkerboard, for
+    any kernel, trained or not.
+    """
+    if mode not in ("nearest", "bilinear"):
+        raise ValueError(f"mode must be 'nearest' or 'bilinear', got {mode!r}")
+    if x.dim() != 4:
+        raise ValueError(f"expected a (N, C, h, w) tensor, got shape {tuple(x.shape)}")
+    extra = {} if mode == "nearest" else {"align_corners": False}
+    up = F.interpolate(x, scale_factor=factor, mode=mode, **extra)
+    channels, k = x.shape[1], kernel.shape[0]
+    weight = kernel.to(x)[None, None].expand(channels, 1, k, k)
+    up = F.pad(up, ((k - 1) // 2, k // 2, (k - 1) // 2, k // 2))  # "same" size for odd and even k
+    return F.conv2d(up, weight, groups=channels)
+
+
+def resize_conv_kernel(kernel: torch.Tensor, factor: int, mode: str = "nearest") -> torch.Tensor:
+    """The transposed-convolution kernel (stride `factor`) that `resize_convolve` amounts to
+    away from the border: the resize's own kernel (nearest: a factor x factor box; bilinear:
+    `bilinear_kernel(2 factor)`) convolved with `kernel`. Its `phase_gains` are all
+    `kernel.sum()`: the resize hands every phase the same total, and the convolution after it
+    cannot tell phases apart."""
+    if mode == "nearest":
+        base = torch.ones(factor, factor, dtype=torch.float64)
+    elif mode == "bilinear":
+        base = bilinear_kernel(2 * factor).double()
+    else:
+        raise ValueError(f"mode must be 'nearest' or 'bilinear', got {mode!r}")
+    k = kernel.shape[0]
+    # Output pixel y of the resize reads input pixel y // factor, and conv2d reads y + t for
+    # tap t: input i reaches y through every tap t with y + t in i's block. That is the
+    # base cross-correlated with the kernel, over the base padded by k - 1 on every side.
+    padded = F.pad(base[None, None], (k - 1, k - 1, k - 1, k - 1))
+    return F.conv2d(padded, kernel.double()[None, None])[0, 0]
+
+
+def plot_resize_convolve(kernel: torch.Tensor, factor: int, size: int = 8):
+    """A constant image of ones upsampled three ways with the same (k, k) `kernel`: as a
+    transposed convolution, and as Distill's resize (nearest, bilinear) then convolve (with
+    the kernel divided by factor**2, since the resize copies each pixel factor**2 times). Top:
+    the output; bottom: the phase gains of the transposed-conv kernel each one amounts to."""
+    import matplotlib.pyplot as plt
+
+    ones = torch.ones(1, 1, size, size, dtype=torch.float64)
+    cases = [("transposed conv", transposed_upsample(ones, kernel, factor)[0][0, 0],
+              phase_gains(kernel, factor))]
+    # The resize already makes factor**2 copies of each input pixel: the kernel after it is
+    # divided by factor**2, so that all three have the same mean gain.
+    after = kernel / factor**2
+    for mode in ("nearest", "bilinear"):
+        cases.append((f"{mode} resize, then conv", resize_convolve(ones, after, factor, mode)[0, 0],
+                      phase_gains(resize_conv_kernel(after, factor, mode), factor)))
+    top = max(float(out.max()) for _, out, _ in cases)
+    fig, axes = plt.subplots(2, 3, figsize=(9.6, 6.4), layout="constrained")
+    for col, (title, out, gains) in enumerate(cases):
+        ax = axes[0, col]
+        ax.imshow(out.numpy(), cmap="gray", vmin=0, vmax=top)
+        ax.set_title(f"{title}\nvariance of the phase gains {gains.var(unbiased=False):.3f}",
+                     fontsize=10)
+        ax.set_xlabel("output column", fontsize=9)
+        ax.set_ylabel("output row", fontsize=9)
+        _integer_ticks(ax)
+        ax = axes[1, col]
+        ax.imshow(gains.numpy(), cmap="viridis", vmin=0, vmax=max(float(gains.max()), 1e-9))
+        _annotate(ax, gains, "{:.2f}", fontsize=10)
+        ax.set_title("gain per phase", fontsize=10)
+        ax.set_xlabel("column phase", fontsize=9)
+        ax.set_ylabel("row phase", fontsize=9)
+        _integer_ticks(ax)
+    fig.suptitle(f"the same {kernel.shape[0]}x{kernel.shape[0]} kernel, factor {factor}: "
+                 "only the transposed convolution makes a checkerboard", fontsize=11)
+    return fig

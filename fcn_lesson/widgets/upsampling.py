@@ -9,9 +9,10 @@ parity, a half-pixel shift that no padding can remove.
 
 from __future__ import annotations
 
+import math
+
 import ipywidgets as widgets
 import numpy as np
-from IPython.display import display
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -21,7 +22,7 @@ from fcn_lesson.lessons.upsampling import (
     compare_upsampling,
     pattern_image,
 )
-from fcn_lesson.widgets.png import figure_png
+from fcn_lesson.widgets.png import figure_png, show_png, static_bundle
 
 __all__ = ["UpsamplingExplorer"]
 
@@ -82,16 +83,22 @@ class UpsamplingExplorer:
         limit = max(float(r.difference.abs().max()), 1e-3)
         diff_im.set_clim(-limit, limit)
         fcn = " (FCN's setting)" if r.kind == "bilinear" and r.kernel_size == 2 * r.factor else ""
+        height, width = r.upsampled.shape
+        if math.isnan(r.interior_max_diff):  # every pixel is within `margin` of the border
+            compared = (f"no pixel of this {height} x {width} output is more than {r.margin} px "
+                        f"from the border, so there is no interior to compare; within the border "
+                        f"max |conv - interpolate| is {r.border_max_diff:.2g}")
+        else:
+            compared = (f"max |conv - interpolate|: {r.interior_max_diff:.2g} more than "
+                        f"{r.margin} px from the border, {r.border_max_diff:.2g} within it")
         self.readout.value = (
             f"<b>k = {r.kernel_size}, s = {r.factor}, {r.kind}{fcn}</b>: {r.verdict}.<br>"
-            f"max |conv - interpolate|: {r.interior_max_diff:.2g} more than {r.margin} px from "
-            f"the border, {r.border_max_diff:.2g} within it; checkerboard variance "
-            f"{r.checkerboard_var:.3g}; shift {r.shift:g} px.")
+            f"{compared}; checkerboard variance {r.checkerboard_var:.3g}; shift {r.shift:g} px.")
         self.result = r
         return r
 
     def render(self) -> None:
-        self.picture.value = figure_png(self.figure)
+        show_png(self.picture, figure_png(self.figure))
 
     def _on_change(self, _change) -> None:
         self.update()
@@ -101,5 +108,5 @@ class UpsamplingExplorer:
         controls = widgets.HBox([self.factor, self.kernel_size, self.kind])
         return widgets.VBox([controls, self.readout, self.picture])
 
-    def _ipython_display_(self) -> None:
-        display(self.widget())
+    def _repr_mimebundle_(self, **kwargs) -> dict:
+        return static_bundle(self.widget(), self.picture.value, "upsampling explorer")

@@ -172,3 +172,69 @@ def test_static_figures():
     cases = [("FCN", upsampling_kernel(2, 4), 2), ("box", upsampling_kernel(2, 3, "box"), 2)]
     fig = plot_checkerboards(cases)
     assert "var 0.000" in fig.axes[0].get_title() and "var 0.235" in fig.axes[1].get_title()
+
+
+@pytest.mark.parametrize("factor,kernel_size", [(2, 12), (2, 20), (2, 32), (3, 20)])
+def test_readout_says_in_words_when_there_is_no_interior(explorer, factor, kernel_size):
+    r = set_controls(explorer, kind="bilinear", factor=factor, kernel_size=kernel_size)
+    assert r.interior_max_diff != r.interior_max_diff  # nan: no pixel is far from the border
+    assert "nan" not in explorer.readout.value.lower()
+    assert "no interior to compare" in explorer.readout.value
+
+
+def test_explorer_picture_is_pinned_to_its_size_and_has_a_static_png(explorer):
+    import base64
+
+    from fcn_lesson.widgets.png import png_size
+
+    width, height = png_size(explorer.picture.value)
+    assert (explorer.picture.layout.width, explorer.picture.layout.height) == (f"{width}px",
+                                                                              f"{height}px")
+    bundle = explorer._repr_mimebundle_()
+    assert base64.b64decode(bundle["image/png"]) == explorer.picture.value
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+@pytest.mark.parametrize("k", [3, 4, 5])
+def test_resize_then_convolve_has_no_checkerboard_for_any_kernel(mode, k):
+    from fcn_lesson.lessons.upsampling import resize_conv_kernel, resize_convolve
+
+    g = torch.Generator().manual_seed(k)
+    kernel = torch.rand(k, k, generator=g, dtype=torch.float64)
+    # the same kernel as a transposed convolution makes a checkerboard ...
+    assert checkerboard_variance(kernel, 2) > 1e-3
+    # ... after a resize every phase gets the whole kernel
+    gains = phase_gains(resize_conv_kernel(kernel, 2, mode), 2)
+    torch.testing.assert_close(gains, torch.full((2, 2), kernel.sum().item(), dtype=torch.float64))
+    flat = resize_convolve(torch.ones(1, 1, 10, 10, dtype=torch.float64), kernel, 2, mode)[0, 0]
+    inner = flat[k + 2:-(k + 2), k + 2:-(k + 2)]
+    torch.testing.assert_close(inner, torch.full_like(inner, kernel.sum().item()))
+    # and resize_conv_kernel is what resize_convolve computes, as a transposed convolution
+    x = torch.rand(1, 1, 8, 8, generator=g, dtype=torch.float64)
+    ours = resize_convolve(x, kernel, 2, mode)[0, 0]
+    full = F.conv_transpose2d(x, resize_conv_kernel(kernel, 2, mode)[None, None], stride=2)[0, 0]
+    offset = (0 if mode == "nearest" else 1) + k - 1 - (k - 1) // 2
+    inside = slice(k + 2, 16 - (k + 2))
+    torch.testing.assert_close(full[offset:offset + 16, offset:offset + 16][inside, inside],
+                               ours[inside, inside])
+
+
+def test_learned_phase_gains_of_a_fresh_and_a_trained_upsampler():
+    from fcn_lesson import BilinearUpsample
+    from fcn_lesson.lessons.upsampling import learned_phase_gains, plot_learned_phase_gains
+
+    layer = BilinearUpsample(4, 2, learnable=True)
+    gains, off = learned_phase_gains(layer.weight, 2)
+    torch.testing.assert_close(gains, torch.ones(4, 2, 2, dtype=torch.float64))
+    assert off.abs().max() < 1e-12
+    with torch.no_grad():  # class 1's own kernel gets a checkerboard; class 0 mixes in class 2
+        layer.weight[1, 1, 0, 0] += 0.5
+        layer.weight[2, 0] = layer.weight[0, 0]
+    gains, off = learned_phase_gains(layer.weight, 2)
+    assert gains[1, 0, 0] == pytest.approx(1.5) and gains[1].min() == pytest.approx(1.0)
+    assert off[0] == pytest.approx(0.5) and off[1] == 0
+    fig = plot_learned_phase_gains({"layer": layer}, ["a", "b", "c", "d"])
+    assert "b: spread 44%" in fig.axes[1].get_title()  # (1.5 - 1) / mean 1.125
+    with pytest.raises(ValueError, match="C, C, k, k"):
+        learned_phase_gains(torch.ones(2, 3, 4, 4), 2)
