@@ -13,6 +13,8 @@ import itertools
 import math
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -200,21 +202,85 @@ def _bar(total: int, initial: int, desc: str, show: bool, leave: bool):
     return tqdm(total=total, initial=initial, desc=desc, disable=not show, leave=leave)
 
 
-def fit(model: FCN, train_data: Dataset, val_data: Dataset | None = None, *, epochs: int = 10,
-        batch_size: int = 16, lr: float = 1e-3, optimizer: str = "adam", momentum: float = 0.9,
-        weight_decay: float = 0.0, schedule: str = "cosine", seed: int = 0,
-        device: str | torch.device | None = None, progress: bool = True,
-        collate_fn=None, max_steps: int | None = None, val_batch_size: int | None = None,
-        num_workers: int = 0, state_path: str | os.PathLike | None = None,
-        save_every: int | None = None, resume: bool = True) -> list[dict]:
-    """Train `model` in place; returns the history, one dict per epoch.
+@dataclass
+class FitConfig:
+    """What a training run computes (everything `fit` needs but the model and the data).
 
-    optimizer "adam" (classroom: fast from scratch) or "sgd" (the paper: momentum 0.9,
-    weight decay 5e-4; see PAPER_RECIPE and `mean_loss_lr`). schedule "cosine" decays the
-    learning rate to zero over the run, "constant" keeps it (the paper). The loss is the
-    per-pixel mean cross-entropy, ignoring label 255. `max_steps` stops early (for quick
+    optimizer "adam" (classroom: fast from scratch) or "sgd" (the paper: momentum 0.9, weight
+    decay 5e-4; see PAPER_RECIPE and `mean_loss_lr`). schedule "cosine" decays the learning rate
+    to zero over the run, "constant" keeps it (the paper). `max_steps` stops early (quick
     demonstrations and tests). Validation uses `val_batch_size` (default `batch_size`);
-    `num_workers` data-loading processes read the training images.
+    `num_workers` data-loading processes read the training images; `collate_fn` batches items
+    of different sizes (`fcn_lesson.datasets.common.pad_collate`).
+    """
+
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    seed: int = 0
+    max_steps: int | None = None
+    val_batch_size: int | None = None
+    num_workers: int = 0
+    collate_fn: Callable | None = None
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+
+    def identity(self, model: FCN, train_images: int) -> dict:
+        """What must be equal for a saved training state to belong to this run."""
+        return {"variant": model.variant, "num_classes": model.num_classes, "width": float(model.width),
+                "train_images": train_images, "epochs": self.epochs, "batch_size": self.batch_size,
+                "lr": self.lr, "optimizer": self.optimizer, "momentum": self.momentum,
+                "weight_decay": self.weight_decay, "schedule": self.schedule, "seed": self.seed,
+                "max_steps": self.max_steps}
+
+
+def _optimizer(params, cfg: FitConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def _schedule(opt: torch.optim.Optimizer, cfg: FitConfig, total_steps: int):
+    if cfg.schedule == "cosine":  # from lr down to zero at the last step
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
+
+
+def _step(net, opt, sched, images: torch.Tensor, masks: torch.Tensor, device: torch.device,
+          world: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimisation step; returns (loss, logits, labelled-pixel mask) for the statistics."""
+    valid = masks != IGNORE_INDEX
+    labelled = distributed.all_reduce_sum(valid.sum())  # over the global batch
+    with _autocast(device):
+        logits = net(images)
+    # Mean over the labelled pixels of the GLOBAL batch; DDP averages gradients over
+    # processes, hence * world. With one process this is F.cross_entropy's mean.
+    loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX,
+                           reduction="sum") / labelled.clamp(min=1) * world
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    return loss, logits, valid
+
+
+def fit(model: FCN, train_data: Dataset, val_data: Dataset | None = None, config: FitConfig | None = None,
+        *, device: str | torch.device | None = None, progress: bool = True,
+        state_path: str | os.PathLike | None = None, save_every: int | None = None, resume: bool = True,
+        **settings) -> list[dict]:
+    """Train `model` in place with `config` (a `FitConfig`; keyword `settings` such as
+    `epochs=5, lr=1e-2` override its fields); returns the history, one dict per epoch.
+    The loss is the per-pixel mean cross-entropy, ignoring label 255.
 
     Resuming: with `state_path`, everything needed to continue (weights, optimizer and
     schedule state, step, position within the epoch, random generator states, history) is
@@ -228,42 +294,31 @@ def fit(model: FCN, train_data: Dataset, val_data: Dataset | None = None, *, epo
     over the processes, the loss is normalised by the labelled pixels of the whole global batch,
     validation is sharded and its counts summed, and only rank 0 prints and writes.
     """
-    if epochs < 1 or batch_size < 1:
-        raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
+    unknown = set(settings) - {f.name for f in fields(FitConfig)}
+    if unknown:
+        raise TypeError(f"fit got unknown settings {sorted(unknown)}; FitConfig has "
+                        f"{', '.join(f.name for f in fields(FitConfig))}")
+    cfg = replace(config or FitConfig(), **settings)
     if save_every is not None and save_every < 1:
         raise ValueError(f"save_every must be >= 1 step (or None), got {save_every}")
     rank, world = distributed.rank(), distributed.world_size()
-    if batch_size % world:
+    if cfg.batch_size % world:
         raise ValueError(f"batch_size is the global batch (images per step over all {world} processes) "
-                         f"and must be a multiple of {world}, got {batch_size}")
+                         f"and must be a multiple of {world}, got {cfg.batch_size}")
     device = pick_device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    torch.manual_seed(seed + rank)  # rank 0, like a single process, draws what it always drew
+    torch.manual_seed(cfg.seed + rank)  # rank 0, like a single process, draws what it always drew
     model.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    if optimizer == "adam":
-        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    elif optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    else:
-        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
-    loader, batches, sampler, generator = _train_loader(train_data, batch_size // world, seed,
-                                                        collate_fn, num_workers)
+    opt = _optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    loader, batches, sampler, generator = _train_loader(train_data, cfg.batch_size // world, cfg.seed,
+                                                        cfg.collate_fn, cfg.num_workers)
     steps_per_epoch = len(batches.batches)
-    total_steps = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
-    if schedule == "cosine":  # from lr down to zero at the last step
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
-    elif schedule == "constant":
-        sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
-    else:
-        raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
+    total_steps = cfg.epochs * steps_per_epoch
+    total_steps = total_steps if cfg.max_steps is None else min(cfg.max_steps, total_steps)
+    sched = _schedule(opt, cfg, total_steps)
 
-    # What must be equal for a saved state to belong to this run.
-    config = {"variant": model.variant, "num_classes": model.num_classes, "width": float(model.width),
-              "train_images": len(train_data), "epochs": epochs, "batch_size": batch_size, "lr": lr,
-              "optimizer": optimizer, "momentum": momentum, "weight_decay": weight_decay,
-              "schedule": schedule, "seed": seed, "max_steps": max_steps}
+    config = cfg.identity(model, len(train_data))
     state_path = Path(state_path) if state_path is not None else None
     history, step, first_epoch, restored = [], 0, 1, None
     if state_path is not None and resume and state_path.exists():
@@ -277,9 +332,10 @@ def fit(model: FCN, train_data: Dataset, val_data: Dataset | None = None, *, epo
                     batches_done=batches_done, generator=epoch_generator, running=running)
 
     net = model
+    restore_batch_norm = distributed.sync_batch_norm(model, device)  # global-batch statistics
     if world > 1:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    for epoch in range(first_epoch, epochs + 1):
+    for epoch in range(first_epoch, cfg.epochs + 1):
         if step >= total_steps:  # a finished run's state: nothing left to do
             break
         running, batches.skip = [0.0, 0, 0, 0], 0
@@ -290,22 +346,11 @@ def fit(model: FCN, train_data: Dataset, val_data: Dataset | None = None, *, epo
         _set_epoch(sampler, train_data, epoch)
         loss_sum, seen, correct, counted = running
         done, start = batches.skip, time.perf_counter()
-        bar = _bar(steps_per_epoch, done, f"{model.variant} epoch {epoch}/{epochs}", progress and rank == 0,
-                   leave=epoch == epochs)
+        bar = _bar(steps_per_epoch, done, f"{model.variant} epoch {epoch}/{cfg.epochs}",
+                   progress and rank == 0, leave=epoch == cfg.epochs)
         for images, masks in loader:
             images, masks = images.to(device), masks.to(device)
-            valid = masks != IGNORE_INDEX
-            labelled = distributed.all_reduce_sum(valid.sum())  # over the global batch
-            with _autocast(device):
-                logits = net(images)
-            # Mean over the labelled pixels of the GLOBAL batch; DDP averages gradients over
-            # processes, hence * world. With one process this is F.cross_entropy's mean.
-            loss = F.cross_entropy(logits.float(), masks, ignore_index=IGNORE_INDEX,
-                                   reduction="sum") / labelled.clamp(min=1) * world
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            loss, logits, valid = _step(net, opt, sched, images, masks, device, world)
             step, done = step + 1, done + 1
             loss_sum += loss.item() * len(images)
             seen += len(images)
@@ -326,7 +371,8 @@ def fit(model: FCN, train_data: Dataset, val_data: Dataset | None = None, *, epo
                   "train_pixel_acc": correct / max(counted, 1),
                   "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
         if val_data is not None:
-            scores = evaluate(model, val_data, val_batch_size or batch_size, device, collate_fn=collate_fn)
+            scores = evaluate(model, val_data, cfg.val_batch_size or cfg.batch_size, device,
+                              collate_fn=cfg.collate_fn)
             record.update({f"val_{k}": scores[k] for k in
                            ("pixel_acc", "mean_acc", "mean_iou", "fw_iou", "boundary_acc")})
             model.train()
@@ -337,6 +383,7 @@ def fit(model: FCN, train_data: Dataset, val_data: Dataset | None = None, *, epo
             save_state(epoch + 1, 0, generator.get_state(), [0.0, 0, 0, 0])
         if step >= total_steps:
             break
+    restore_batch_norm()
     model.eval()
     return history
 

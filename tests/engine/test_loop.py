@@ -228,3 +228,17 @@ def test_predict_on_cpu_keeps_each_pass_under_the_pixel_budget():
         with torch.no_grad():
             one_by_one = torch.cat([model(images[i:i + 1]).argmax(1) for i in range(count)])
         assert torch.equal(labels, one_by_one)
+
+
+def test_fit_settings_are_a_config_and_misspellings_are_named():
+    from fcn_lesson.engine.loop import FitConfig
+
+    data = ShapesDataset(2, 32, seed=0)
+    model = FCN32s(num_classes=len(data.classes), width=1 / 16)
+    with pytest.raises(TypeError, match=r"unknown settings \['epoch'\]; FitConfig has epochs"):
+        fit(model, data, epoch=1, progress=False)
+    with pytest.raises(ValueError, match="optimizer must be 'adam' or 'sgd'"):
+        FitConfig(optimizer="adamw")
+    # A config and keyword settings combine: the keywords win.
+    history = fit(model, data, FitConfig(epochs=3, batch_size=2), epochs=1, max_steps=1, progress=False)
+    assert [h["epoch"] for h in history] == [1] and history[0]["step"] == 1
