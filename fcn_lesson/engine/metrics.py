@@ -111,7 +111,7 @@ def boundary_distance(target: torch.Tensor, max_distance: int = 16) -> torch.Ten
     edge[:, :-1, :] |= dv
     edge[:, :, 1:] |= dh
     edge[:, :, :-1] |= dh
-    distance = torch.full(t.shape, max_distance, dtype=torch.long)
+    distance = torch.full(t.shape, max_distance, dtype=torch.long, device=t.device)
     reached = edge[:, None].float()
     for d in range(max_distance):
         distance[(reached[:, 0] > 0) & (distance == max_distance)] = d
