@@ -240,5 +240,6 @@ def test_fit_settings_are_a_config_and_misspellings_are_named():
     with pytest.raises(ValueError, match="optimizer must be 'adam' or 'sgd'"):
         FitConfig(optimizer="adamw")
     # A config and keyword settings combine: the keywords win.
-    history = fit(model, data, config=FitConfig(epochs=3, batch_size=2), epochs=1, max_steps=1, progress=False)
+    history = fit(model, data, config=FitConfig(epochs=3, batch_size=2), epochs=1, max_steps=1,
+                  progress=False)
     assert [h["epoch"] for h in history] == [1] and history[0]["step"] == 1
