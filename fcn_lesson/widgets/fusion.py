@@ -13,14 +13,15 @@ from dataclasses import dataclass
 import ipywidgets as widgets
 import numpy as np
 import torch
-from IPython.display import display
 from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from fcn_lesson.core.models import FCN
 from fcn_lesson.datasets.shapes import CLASSES, PALETTE
 from fcn_lesson.lessons.fusion import image_mean_iou
 from fcn_lesson.lessons.viz import colorize, to_numpy_image
-from fcn_lesson.widgets.png import encode_png
+from fcn_lesson.widgets.png import encode_png, figure_png, static_bundle
 
 __all__ = ["FusionExplorer", "FusionView"]
 
@@ -162,5 +163,28 @@ class FusionExplorer:
         panels = widgets.HBox([widgets.VBox([self.titles[t], v]) for t, v in self.views.items()])
         return widgets.VBox([controls, gains, self.readout, panels, self.legend, self.score_scale])
 
-    def _ipython_display_(self) -> None:
-        display(self.widget())
+    def static_png(self) -> bytes:
+        """The four panels of the current view, with their titles, as one PNG: what a reader
+        without a kernel sees in place of the widget."""
+        v = self.view
+        entry = self._entry(v.image_index)
+        image, mask = self.dataset[v.image_index]
+        panels = {"image": to_numpy_image(image), "ground truth": colorize(mask, self.palette),
+                  "prediction": colorize(v.prediction, self.palette),
+                  f"score for '{self.classes[v.class_index]}'": _score_rgb(v.class_score,
+                                                                           v.score_limit)}
+        height, width = entry["size"]
+        figure = Figure(figsize=(4 * width * self.zoom / 72 + 0.8, height * self.zoom / 72 + 0.9),
+                        dpi=72)
+        FigureCanvasAgg(figure)
+        for ax, (title, rgb) in zip(figure.subplots(1, 4), panels.items(), strict=True):
+            ax.imshow(rgb, interpolation="nearest")
+            ax.set_title(title, fontsize=11)
+            ax.set_axis_off()
+        figure.suptitle(f"image {v.image_index}: pool4 gain {v.pool4_gain:.1f}, pool3 gain "
+                        f"{v.pool3_gain:.1f}, mean IoU {v.mean_iou:.3f}", fontsize=11)
+        figure.tight_layout()
+        return figure_png(figure)
+
+    def _repr_mimebundle_(self, **kwargs) -> dict:
+        return static_bundle(self.widget(), self.static_png(), "fusion explorer")

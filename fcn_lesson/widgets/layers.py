@@ -23,17 +23,19 @@ from collections.abc import Mapping
 import ipywidgets as widgets
 import numpy as np
 import torch
-from IPython.display import display
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from fcn_lesson.core.models import FCN, SCORE_MAPS
 from fcn_lesson.datasets.shapes import CLASSES
 from fcn_lesson.lessons.layers import capture_activations, channel_label, label_edges, map_stride
 from fcn_lesson.lessons.viz import to_numpy_image
-from fcn_lesson.widgets.png import encode_png
+from fcn_lesson.widgets.png import encode_png, show_png, static_bundle
 
 __all__ = ["LayerExplorer"]
+
+_WIDEST_TICK = "-8.88e-08"  # the widest label "{:.3g}" writes for a colour-bar tick
 
 
 class _Artists:
@@ -48,6 +50,7 @@ class _Artists:
         self.map = self.map_ax.imshow(np.zeros((1, 1)), interpolation="nearest", cmap="viridis")
         self.outline = self.map_ax.imshow(np.zeros((1, 1, 4)), interpolation="nearest")
         self.colorbar = figure.colorbar(self.map, ax=self.map_ax, fraction=0.046, pad=0.04)
+        self.colorbar.formatter = FuncFormatter(lambda value, _: f"{value:.3g}")
         for ax in (self.image_ax, self.map_ax):
             ax.set_xlabel("x (pixels)")
             ax.set_ylabel("y (pixels)")
@@ -62,12 +65,18 @@ class _Artists:
         ones (image, axes, labels) are unchanged since the last call."""
         canvas = self.figure.canvas
         if self._background is None:
+            # The title is emptied, not hidden: matplotlib places an axes title while drawing
+            # the axes, and a hidden one is moved off the figure (it vanished on image changes).
+            title = self.map_ax.title.get_text()
+            self.map_ax.set_title("", fontsize=10)
             for artist in self._dynamic:
-                artist.set_visible(False)
+                if artist is not self.map_ax.title:
+                    artist.set_visible(False)
             canvas.draw()
             self._background = canvas.copy_from_bbox(self.figure.bbox)
             for artist in self._dynamic:
                 artist.set_visible(True)
+            self.map_ax.set_title(title, fontsize=10)
         canvas.restore_region(self._background)
         for artist in self._dynamic:
             self.figure.draw_artist(artist)
@@ -75,6 +84,17 @@ class _Artists:
 
     def relayout(self) -> None:
         self.figure.tight_layout()
+        # The colour bar's tick labels change with every channel, after this layout: leave room
+        # for the widest label its formatter writes, or wider ones are clipped ("10.(").
+        renderer = self.figure.canvas.get_renderer()
+        size = self.colorbar.ax.yaxis.get_ticklabels()[0].get_fontsize()
+        probe = self.figure.text(0, 0, _WIDEST_TICK, fontsize=size)
+        need = probe.get_window_extent(renderer).width + 12  # + tick length and pad
+        probe.remove()
+        spare = self.figure.bbox.x1 - self.colorbar.ax.get_window_extent(renderer).x1
+        if spare < need:
+            right = self.figure.subplotpars.right - (need - spare) / self.figure.bbox.width
+            self.figure.subplots_adjust(right=right)
         self._background = None
 
     def set_image(self, image: torch.Tensor, mask: torch.Tensor, title: str) -> None:
@@ -209,7 +229,7 @@ class LayerExplorer:
     def render(self) -> None:
         # Blitted Agg drawing instead of `savefig`'s full redraw: a slider move then takes a
         # few tens of milliseconds.
-        self.picture.value = encode_png(self._artists.draw())
+        show_png(self.picture, encode_png(self._artists.draw()))
 
     def _on_change(self, _change) -> None:
         if self._busy:
@@ -224,7 +244,7 @@ class LayerExplorer:
                                  widgets.VBox([self.layer, self.channel])])
         return widgets.VBox([controls, self.readout, self.picture])
 
-    def _ipython_display_(self) -> None:
-        display(self.widget())
+    def _repr_mimebundle_(self, **kwargs) -> dict:
+        return static_bundle(self.widget(), self.picture.value, "layer explorer")
 
 

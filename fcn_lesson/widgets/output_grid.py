@@ -10,7 +10,6 @@ score map has a cell for every 32 pixels of the (padded) image instead of 6 fewe
 from __future__ import annotations
 
 import ipywidgets as widgets
-from IPython.display import display
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -23,7 +22,7 @@ from fcn_lesson.lessons.output_grid import (
     output_grid,
     sample_canvas,
 )
-from fcn_lesson.widgets.png import figure_png
+from fcn_lesson.widgets.png import figure_png, show_png, static_bundle
 
 __all__ = ["OutputGridExplorer"]
 
@@ -48,7 +47,15 @@ class OutputGridExplorer:
         self.row = widgets.IntSlider(row, min=0, max=MAX_SIDE // 32, description="cell row")
         self.col = widgets.IntSlider(col, min=0, max=MAX_SIDE // 32,
                                      description="cell column")
-        self.head = widgets.ToggleButtons(options=list(HEADS), value=head)
+        # Buttons as wide as their labels (the default width cut them to "convolutionalized…"),
+        # with a tooltip each.
+        self.head = widgets.ToggleButtons(
+            options=list(HEADS), value=head, description="head",
+            tooltips=["VGG16's classifier as convolutions: fc6 is a 7 x 7 convolution without "
+                      "padding, so the map is 6 cells smaller than the image / 32",
+                      "the FCN backbone used from notebook 3 on: the input padded to a multiple "
+                      "of 32 and fc6 padded by 3, one cell per 32 x 32 block"],
+            style={"button_width": "auto"})
         self.readout = widgets.HTML()
         self.picture = widgets.Image(format="png")
         self.figure = Figure(figsize=(11, 4.6), dpi=72)
@@ -85,7 +92,7 @@ class OutputGridExplorer:
         return grid
 
     def render(self) -> None:
-        self.picture.value = figure_png(self.figure)
+        show_png(self.picture, figure_png(self.figure))
 
     def _on_change(self, _change) -> None:
         if self._busy:
@@ -99,5 +106,5 @@ class OutputGridExplorer:
         return widgets.VBox([widgets.HBox([sizes, cell]), self.head, self.readout,
                              self.picture])
 
-    def _ipython_display_(self) -> None:
-        display(self.widget())
+    def _repr_mimebundle_(self, **kwargs) -> dict:
+        return static_bundle(self.widget(), self.picture.value, "output grid explorer")

@@ -171,3 +171,16 @@ def test_widget_layout_holds_the_controls(explorer):
                     explorer.pool3_gain, explorer.readout, explorer.legend, *explorer.views.values()):
         assert control in flat
     assert all(name in explorer.legend.value for name in CLASSES)
+
+
+def test_static_png_shows_the_current_view_for_readers_without_a_kernel(explorer):
+    import base64
+
+    explorer.pool3_gain.value = 0.0
+    png = explorer.static_png()
+    picture = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    assert picture.shape[1] > 4 * 90 and picture.std() > 10
+    bundle = explorer._repr_mimebundle_()
+    assert base64.b64decode(bundle["image/png"]) == png
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert "fusion explorer" in bundle["text/plain"]

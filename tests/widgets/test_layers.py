@@ -202,3 +202,39 @@ def test_layer_strip_draws_the_most_active_channel_at_each_stride(data, models):
                                   acts["pool3"][strongest].numpy())
     with pytest.raises(ValueError, match="no activations for"):
         plot_layer_strip(acts, image, layers=("fuse_pool3",))
+
+
+def _inside_figure(figure, texts) -> list[str]:
+    """The texts (non-empty) whose drawn extent leaves the figure."""
+    renderer = figure.canvas.get_renderer()
+    box = figure.bbox
+    out = []
+    for text in texts:
+        if text.get_text() and text.get_visible():
+            e = text.get_window_extent(renderer)
+            if e.x0 < box.x0 - 1 or e.x1 > box.x1 + 1 or e.y0 < box.y0 - 1 or e.y1 > box.y1 + 1:
+                out.append(text.get_text())
+    return out
+
+
+def test_title_and_colour_bar_labels_stay_on_the_figure_through_image_and_model_changes(data,
+                                                                                        models):
+    explorer = LayerExplorer(models, data, layer="conv1_1")
+    artists = explorer._artists
+    for control, value in (("image", 1), ("model", "fcn8s"), ("layer", "score_fr"),
+                           ("image", 2), ("layer", "fc7"), ("channel", 5)):
+        getattr(explorer, control).value = value
+        title = artists.map_ax.title
+        assert title.get_text().startswith(explorer.layer.value)
+        assert _inside_figure(explorer.figure, [title]) == [], (control, value)
+        # The picture shows it too: the title row above the map is not blank.
+        picture = artists.draw()
+        top = int(explorer.figure.bbox.height - title.get_window_extent().y1)
+        assert picture[max(top, 0):top + 10, picture.shape[1] // 2:].min() < 128
+    # The widest label the colour bar's formatter writes still fits.
+    artists.map.set_clim(-8.88e-08, 8.88e-08)
+    artists.colorbar.update_ticks()
+    labels = artists.colorbar.ax.get_yticklabels()
+    artists.draw()
+    assert any("e-08" in t.get_text() for t in labels)
+    assert _inside_figure(explorer.figure, labels) == []

@@ -96,3 +96,24 @@ def test_static_figures():
     fig = plot_window_mismatch(mismatch)
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert texts[:9] == ["50"] * 7 + ["1e-02", "0"]
+
+
+def test_head_buttons_are_not_truncated_and_explain_themselves(explorer):
+    # ToggleButtons cut labels at a fixed button width unless told "auto"
+    assert explorer.head.style.button_width == "auto"
+    assert len(explorer.head.tooltips) == len(explorer.head.options) == 2
+    assert all(len(t) > 20 for t in explorer.head.tooltips)
+
+
+def test_picture_has_its_own_size_and_a_static_png_for_readers(explorer):
+    import base64
+
+    from fcn_lesson.widgets.png import png_size
+
+    explorer.render()
+    width, height = png_size(explorer.picture.value)
+    assert explorer.picture.layout.width == f"{width}px"
+    assert explorer.picture.layout.height == f"{height}px"
+    bundle = explorer._repr_mimebundle_()
+    assert base64.b64decode(bundle["image/png"]) == explorer.picture.value
+    assert not bundle["text/plain"].startswith("VBox")
