@@ -81,20 +81,29 @@ def fusion_panels(maps: dict[str, torch.Tensor], class_index: int,
 
 def plot_fusion(maps: dict[str, torch.Tensor], class_index: int, *, image: torch.Tensor | None = None,
                 target: torch.Tensor | None = None, index: int = 0, classes=CLASSES, palette=PALETTE,
-                size: float = 2.5):
+                size: float = 2.5, clip_percentile: float | None = 99.0):
     """Draw an FCN-16s/8s fusion for one class, map by map, and the prediction it leads to.
 
     Rows: the pool4 skip (score_fr, upscore2, score_pool4, fuse_pool4), for FCN-8s the pool3
     skip (fuse_pool4, upscore_pool4, score_pool3, fuse_pool3), then the image and ground truth
     (when given), the final score `out` and the prediction argmax(out). Every score panel
     shares one symmetric colour scale and is drawn over the image pixels it covers (axes in
-    pixels), so a coarse cell and the fine cells below it line up. Returns the Figure.
+    pixels), so a coarse cell and the fine cells below it line up. The scale ends at the
+    `clip_percentile` percentile of |score| over all panels (None: at the largest |score|), so a
+    few extreme cells do not wash out the rest; the colour bar says so. Returns the Figure.
     """
     import matplotlib.pyplot as plt
 
     rows = fusion_panels(maps, class_index, index)
     height, width = maps["out"].shape[-2:]
-    limit = max(max(float(m.abs().max()) for row in rows for _, _, m, _ in row), 1e-6)
+    magnitudes = torch.cat([m.abs().flatten() for row in rows for _, _, m, _ in row])
+    largest = max(float(magnitudes.max()), 1e-6)
+    if clip_percentile is None:
+        limit = largest
+    else:
+        if not 0 < clip_percentile <= 100:
+            raise ValueError(f"clip_percentile must be in (0, 100], got {clip_percentile!r}")
+        limit = max(float(torch.quantile(magnitudes.double(), clip_percentile / 100)), 1e-6)
     prediction = maps["out"][index].detach().argmax(0).cpu()
 
     # Pictures (uint8 RGB) go in the last row with the final score; they are not scores.
@@ -128,7 +137,12 @@ def plot_fusion(maps: dict[str, torch.Tensor], class_index: int, *, image: torch
             ax.set_ylabel("y (px)", fontsize=8)
             ax.tick_params(labelsize=7)
     name = classes[class_index] if class_index < len(classes) else f"class {class_index}"
-    fig.colorbar(im, ax=score_axes, shrink=0.8, label=f"score for '{name}'")
+    label = f"score for '{name}'"
+    clipped = limit < largest
+    if clipped:
+        label += (f"\nclipped at ±{limit:.3g}, the {clip_percentile:g}th percentile of |score| "
+                  f"(largest: {largest:.3g})")
+    fig.colorbar(im, ax=score_axes, shrink=0.8, label=label, extend="both" if clipped else "neither")
     variant = "FCN-8s" if len(rows) == 3 else "FCN-16s"
     fig.suptitle(f"{variant}: scores for class '{name}' at every fusion step "
                  "(one colour scale; red = for, blue = against)", fontsize=11)

@@ -86,7 +86,7 @@ def test_plot_fusion_draws_each_map_over_its_pixels_on_one_scale():
     maps = _known_maps(FCN8s, height, width)
     image = torch.rand(3, height, width)
     target = torch.randint(0, K, (height, width))
-    fig = plot_fusion(maps, 3, image=image, target=target, index=1)
+    fig = plot_fusion(maps, 3, image=image, target=target, index=1, clip_percentile=None)
     panels = [ax for ax in fig.axes if ax.get_visible() and ax.images]
     titles = [ax.get_title().split("\n")[0] for ax in panels]
     assert titles == ["score_fr", "upscore2 = score_fr ↑2", "+ score_pool4", "= fuse_pool4",
@@ -114,6 +114,25 @@ def test_plot_fusion_draws_each_map_over_its_pixels_on_one_scale():
     assert len(colourbar) == 1
     assert [t.get_text() for t in fig.legends[0].get_texts()] == list(CLASSES)
     assert "FCN-8s" in fig.get_suptitle() and CLASSES[3] in fig.get_suptitle()
+
+
+def test_plot_fusion_clips_its_colour_scale_by_percentile_and_says_so():
+    maps = _known_maps(FCN8s, 64, 64)
+    maps = {k: v.clone() for k, v in maps.items()}
+    maps["score_pool4"][0, 2, 0, 0] = -1e4  # one extreme cell would wash out every colour
+    fig = plot_fusion(maps, 2, clip_percentile=95)
+    magnitudes = torch.cat([maps[n][0, 2].abs().flatten() for n in (  # the panels, in order
+        "score_fr", "upscore2", "score_pool4", "fuse_pool4", "fuse_pool4", "upscore_pool4",
+        "score_pool3", "fuse_pool3", "out")])
+    limit = float(torch.quantile(magnitudes.double(), 0.95))
+    assert limit < 1e3
+    for ax in fig.axes:
+        if ax.images and ax.get_visible() and ax.get_title().startswith("+ score_pool4"):
+            assert ax.images[0].get_clim() == pytest.approx((-limit, limit))
+    bar = next(ax for ax in fig.axes if ax.get_ylabel().startswith(f"score for '{CLASSES[2]}'"))
+    assert "95th percentile" in bar.get_ylabel() and f"{limit:.3g}" in bar.get_ylabel()
+    with pytest.raises(ValueError, match="clip_percentile"):
+        plot_fusion(maps, 2, clip_percentile=0)
 
 
 def test_plot_fusion_without_image_leaves_the_rest_of_the_row_empty():
