@@ -158,8 +158,11 @@ def show_samples(
     palette = palette if palette is not None else getattr(dataset, "palette", PALETTE)
 
     nrows, ncols = len(indices), 2 + len(predictions)
+    # Constrained layout keeps every row's titles clear of the row above (tight_layout with
+    # axes turned off let them overlap the images).
     fig, axes = plt.subplots(
-        nrows, ncols, figsize=(size * ncols, size * nrows + 0.6), squeeze=False
+        nrows, ncols, figsize=(size * ncols, size * nrows + 0.6), squeeze=False,
+        layout="constrained",
     )
     for r, idx in enumerate(indices):
         image, target = dataset[idx]
@@ -179,6 +182,5 @@ def show_samples(
             ax.imshow(picture, interpolation="nearest")
             ax.set_title(title, fontsize=9)
             ax.axis("off")
-    fig.tight_layout(rect=(0, 0.6 / (size * nrows + 0.6), 1, 1))
-    add_palette_legend(fig, classes, palette)
+    add_palette_legend(fig, classes, palette, loc="outside lower center")
     return fig

@@ -119,6 +119,11 @@ def test_show_samples_grid():
     shown = fig.axes[5].get_images()[0].get_array()
     assert np.array_equal(np.asarray(shown), colorize(ds[3][1]))
     fig.canvas.draw()  # renders without error
+    # every row's titles sit below the images of the row above (they used to overlap them)
+    renderer = fig.canvas.get_renderer()
+    for upper, lower in zip(fig.axes[:-4], fig.axes[4:], strict=True):
+        title_top = lower.title.get_window_extent(renderer).y1
+        assert title_top <= upper.get_images()[0].get_window_extent(renderer).y0 + 0.5
 
 
 def test_show_samples_rejects_mismatched_predictions():
