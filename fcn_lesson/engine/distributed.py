@@ -119,3 +119,62 @@ def all_gather_object(obj) -> list:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+class AllReduceBatchNorm2d(torch.nn.BatchNorm2d):
+    """BatchNorm2d that, while training in a process group, normalises with the statistics of the
+    global batch: mean and variance summed over the processes by differentiable all_reduces (so the
+    gradient flows through every process's share of them, as in one process). This is what
+    torch.nn.SyncBatchNorm does on GPUs; SyncBatchNorm has no CPU kernels (torch 2.x raises
+    "SyncBatchNorm expected input tensor to be on GPU"), so CPU processes (gloo) use this.
+    In eval mode or without a process group it is a plain BatchNorm2d, with the same state_dict.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and is_distributed()):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        count = torch.tensor(float(x.numel() // x.shape[1]), dtype=torch.float64)
+        dist.all_reduce(count)
+        channel = (1, -1, 1, 1)
+        mean = all_reduce(x.sum((0, 2, 3))) / count.item()
+        centred = x - mean.view(channel)  # two passes: as exact as one process's batch_norm
+        var = all_reduce(centred.square().sum((0, 2, 3))) / count.item()
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = self.momentum if self.momentum is not None else 1 / self.num_batches_tracked.item()
+                self.running_mean.lerp_(mean, momentum)
+                self.running_var.lerp_(var * (count.item() / max(count.item() - 1, 1)), momentum)
+        out = centred * torch.rsqrt(var + self.eps).view(channel)
+        return out * self.weight.view(channel) + self.bias.view(channel) if self.affine else out
+
+
+def sync_batch_norm(model: torch.nn.Module, device: torch.device):
+    """With several processes, swap `model`'s BatchNorm2d layers in place for ones that normalise
+    with the whole global batch (SyncBatchNorm on GPUs, AllReduceBatchNorm2d on CPUs), so that N
+    processes train as one does; otherwise each would normalise its own sub-batch. The new layers
+    share the old ones' parameters and buffers, so training updates both and a saved state_dict
+    loads into the plain model. Returns a function that puts the original layers back."""
+    if world_size() <= 1:
+        return lambda: None
+    swapped = [(parent, name, child) for parent in model.modules()
+               for name, child in parent.named_children() if type(child) is torch.nn.BatchNorm2d]
+    for parent, name, bn in swapped:
+        if device.type == "cuda":
+            synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(bn)
+        else:
+            synced = AllReduceBatchNorm2d(bn.num_features, bn.eps, bn.momentum, bn.affine,
+                                          bn.track_running_stats)
+            synced.weight, synced.bias = bn.weight, bn.bias
+            synced.running_mean, synced.running_var = bn.running_mean, bn.running_var
+            synced.num_batches_tracked = bn.num_batches_tracked
+            synced.train(bn.training)
+        setattr(parent, name, synced)
+
+    def restore() -> None:
+        for parent, name, bn in swapped:
+            setattr(parent, name, bn)
+
+    return restore
