@@ -119,9 +119,12 @@ def test_show_samples_grid():
     shown = fig.axes[5].get_images()[0].get_array()
     assert np.array_equal(np.asarray(shown), colorize(ds[3][1]))
     fig.canvas.draw()  # renders without error
-    # every row's titles sit below the images of the row above (they used to overlap them)
+    # every row's titles sit below the images of the row above (in notebook 5's wide grid of
+    # six columns they used to overlap them)
+    fig = show_samples(ds, [0, 3], {k: [ds[i][1] for i in (0, 3)] for k in "abcd"}, size=2.2)
+    fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
-    for upper, lower in zip(fig.axes[:-4], fig.axes[4:], strict=True):
+    for upper, lower in zip(fig.axes[:6], fig.axes[6:], strict=True):
         title_top = lower.title.get_window_extent(renderer).y1
         assert title_top <= upper.get_images()[0].get_window_extent(renderer).y0 + 0.5
 
