@@ -64,10 +64,16 @@ def save_checkpoint(path: str | os.PathLike, model: FCN, *, classes=None, datase
 def _atomic_save(payload: dict, path: Path) -> Path:
     """torch.save to a temporary file in the same folder, fsync, then rename over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def atomic_write(path: Path, write) -> Path:
+    """`write(binary file)` to a temporary file in `path`'s folder, fsync, then rename over `path`:
+    an interrupted or failed write leaves no half-written file (and an old `path` intact)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         # mkstemp makes the file private (0600); give it the permissions a plain open() would.
