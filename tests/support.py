@@ -36,3 +36,15 @@ def fastest_seconds(call, repeats: int = 5) -> float:
         call()
         timings.append(time.perf_counter() - start)
     return min(timings)
+
+
+def smallest_text_px(figure, shown_width_px: float = 900, dpi: float = 100) -> float:
+    """The height in screen pixels of the figure's smallest visible text when a notebook shows
+    it at `dpi` but at most `shown_width_px` wide (wider figures are scaled down to fit)."""
+    from matplotlib.text import Text
+
+    scale = min(dpi, shown_width_px / figure.get_figwidth()) / 72  # pixels per point
+    sizes = [t.get_fontsize() for t in figure.findobj(Text)
+             if t.get_text().strip() and t.get_visible()
+             and (t.axes is None or t.axes.get_visible())]
+    return min(sizes) * scale

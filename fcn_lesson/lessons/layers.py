@@ -93,10 +93,18 @@ def plot_layer_strip(activations: Mapping[str, torch.Tensor], image: torch.Tenso
     if missing:
         raise ValueError(f"no activations for {missing}; available: {', '.join(activations)}")
     height, width = image.shape[-2:]
-    fig, axes = plt.subplots(1, len(layers) + 1, figsize=(1.9 * (len(layers) + 1), 2.4))
+    # At most four panels a row: a notebook shows a figure about 10 inches wide, and one long
+    # row of eight shrank the text to 5-6 pixels.
+    columns = min(4, len(layers) + 1)
+    rows = -(-(len(layers) + 1) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.5 * columns, 2.7 * rows + 0.4),
+                             squeeze=False, layout="constrained")
+    axes = axes.ravel()
+    for ax in axes[len(layers) + 1:]:
+        ax.set_visible(False)
     axes[0].imshow(to_numpy_image(image))
-    axes[0].set_title("image", fontsize=9)
-    for ax, name in zip(axes[1:], layers, strict=True):
+    axes[0].set_title("image", fontsize=10)
+    for ax, name in zip(axes[1:], layers, strict=False):
         act = activations[name]
         channel = int(act.mean(dim=(1, 2)).argmax())
         stride = map_stride(name, act, height)
@@ -105,10 +113,10 @@ def plot_layer_strip(activations: Mapping[str, torch.Tensor], image: torch.Tenso
                   extent=(-0.5, w * stride - 0.5, h * stride - 0.5, -0.5))
         ax.set_xlim(-0.5, width - 0.5)
         ax.set_ylim(height - 0.5, -0.5)
-        ax.set_title(f"{name} ch {channel}\n{h}x{w}, stride {stride}", fontsize=9)
+        ax.set_title(f"{name} ch {channel}\n{h}x{w}, stride {stride}", fontsize=10)
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle("The most active channel of each stage, each cell over the pixels it covers", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    fig.suptitle("The most active channel of each stage, each cell over the pixels it covers",
+                 fontsize=11)
     return fig

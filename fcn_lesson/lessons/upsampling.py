@@ -193,21 +193,29 @@ def plot_scatter_add(x: torch.Tensor, kernel: torch.Tensor, stride: int, padding
                                            for j in range(x.shape[1]))]
     panels += [("sum of the stamps\n(box: crop by padding)", total, padding),
                (f"output {tuple(result.shape)}", result, None)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.3 * len(panels), 2.9))
-    for ax, (title, img, crop) in zip(axes, panels, strict=True):
+    # At most four panels a row: a notebook shows a figure about 10 inches wide, and one row
+    # of seven shrank the text to 5-6 pixels.
+    columns = min(4, len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.7 * columns, 3.1 * rows + 0.5),
+                             squeeze=False, layout="constrained")
+    axes = axes.ravel()
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    for ax, (title, img, crop) in zip(axes, panels, strict=False):
         ax.imshow(img.numpy(), cmap="magma", vmin=0, vmax=vmax)
-        _annotate(ax, img, "{:.2g}", fontsize=6 if img.shape[0] > 4 else 8)
-        ax.set_title(title, fontsize=8)
-        ax.set_xlabel("column")
-        ax.set_ylabel("row")
+        _annotate(ax, img, "{:.2g}", fontsize=8 if img.shape[0] > 4 else 10)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("column", fontsize=9)
+        ax.set_ylabel("row", fontsize=9)
         _integer_ticks(ax)
         if crop:
             inner = size - 2 * crop
             ax.add_patch(Rectangle((crop - 0.5, crop - 0.5), inner, inner, fill=False,
                                    edgecolor="cyan", linewidth=2))
     fig.suptitle(f"transposed convolution, stride {stride}, kernel {kernel.shape[0]}, "
-                 f"padding {padding}: every input value stamps a scaled kernel; overlaps add")
-    fig.tight_layout()
+                 f"padding {padding}:\nevery input value stamps a scaled kernel; overlaps add",
+                 fontsize=11)
     return fig
 
 

@@ -238,3 +238,12 @@ def test_title_and_colour_bar_labels_stay_on_the_figure_through_image_and_model_
     artists.draw()
     assert any("e-08" in t.get_text() for t in labels)
     assert _inside_figure(explorer.figure, labels) == []
+
+
+def test_layer_strip_text_is_readable_in_a_notebook(data, models):
+    from support import smallest_text_px
+
+    image, _ = data[0]
+    fig = plot_layer_strip(capture_activations(models["fcn8s"], image), image)  # all 7 stages
+    assert sum(ax.get_visible() for ax in fig.axes) == 8
+    assert smallest_text_px(fig) >= 8

@@ -238,3 +238,12 @@ def test_learned_phase_gains_of_a_fresh_and_a_trained_upsampler():
     assert "b: spread 44%" in fig.axes[1].get_title()  # (1.5 - 1) / mean 1.125
     with pytest.raises(ValueError, match="C, C, k, k"):
         learned_phase_gains(torch.ones(2, 3, 4, 4), 2)
+
+
+def test_step_by_step_figure_text_is_readable_in_a_notebook():
+    from support import smallest_text_px
+
+    from fcn_lesson import bilinear_kernel
+
+    fig = plot_scatter_add(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), bilinear_kernel(4), 2, 1)
+    assert smallest_text_px(fig) >= 8
