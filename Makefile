@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8888
 
-.PHONY: lesson test lint clean
+.PHONY: lesson test test-gpu lint clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ lesson: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# On a CUDA machine (e.g. the device tool's, with wheels from .ci/fetch-gpu-wheels): the GPU
+# tests, the notebooks on the GPU, the benchmark's GPU rows and the rest of the suite, in 10 minutes.
+test-gpu:
+	.ci/gpu-check
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

@@ -16,6 +16,10 @@ a genuine meta tensor, as without the mode.
 import contextlib
 import copy
 import importlib.util
+import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -385,3 +389,13 @@ def test_explain_pixel(variant):
     assert_same(got.logits, expected.logits)
     for stream in expected.contributions:
         assert_same(got.contributions[stream], expected.contributions[stream])
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this machine may have a GPU")
+def test_gpu_check_says_at_once_that_it_needs_cuda(tmp_path):
+    script = Path(__file__).resolve().parent.parent / ".ci" / "gpu-check"
+    result = subprocess.run([script], capture_output=True, text=True, timeout=30,
+                            env={**os.environ, "GPU_CHECK_OUT": str(tmp_path)})
+    assert result.returncode == 1
+    assert "needs a CUDA machine" in result.stderr and "make test" in result.stderr
+    assert not any(tmp_path.iterdir())  # stopped before any step
