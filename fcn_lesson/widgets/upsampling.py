@@ -15,6 +15,7 @@ import ipywidgets as widgets
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from fcn_lesson.lessons.upsampling import (
     KERNEL_KINDS,
@@ -58,6 +59,9 @@ class UpsamplingExplorer:
             ax.set_title(title, fontsize=10)
             ax.set_xlabel("column")
             ax.set_ylabel("row")
+            # cell indices: whole numbers only (the default locator put ticks at 2.5, 7.5)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         self.figure.colorbar(self._images[0], ax=axes[0], fraction=0.046)
         self.figure.colorbar(self._images[3], ax=axes[3], fraction=0.046)
         self.result = self.update()

@@ -247,3 +247,11 @@ def test_step_by_step_figure_text_is_readable_in_a_notebook():
 
     fig = plot_scatter_add(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), bilinear_kernel(4), 2, 1)
     assert smallest_text_px(fig) >= 8
+
+
+def test_explorer_axes_tick_whole_cells_only(explorer):
+    set_controls(explorer, factor=2, kernel_size=5)
+    explorer.render()
+    for ax in explorer.figure.axes[:4]:
+        ticks = [*ax.get_xticks(), *ax.get_yticks()]
+        assert all(float(t).is_integer() for t in ticks), ticks
