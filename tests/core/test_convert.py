@@ -69,3 +69,32 @@ def test_each_position_is_the_classifier_on_one_pool5_window(vgg_pair):
 def test_convolutionalize_rejects_non_vgg():
     with pytest.raises(TypeError, match="torchvision VGG"):
         convolutionalize(nn.Linear(3, 3))
+
+
+def test_fc_to_conv_copies_by_default_and_shares_when_asked():
+    torch.manual_seed(0)
+    linear = nn.Linear(4 * 3 * 3, 5)
+    copied, shared = fc_to_conv(linear, 4, 3), fc_to_conv(linear, 4, 3, share_weights=True)
+    assert shared.weight.untyped_storage().data_ptr() == linear.weight.untyped_storage().data_ptr()
+    assert shared.bias is linear.bias
+    assert copied.weight.untyped_storage().data_ptr() != linear.weight.untyped_storage().data_ptr()
+    x = torch.randn(2, 4, 3, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(shared(x), copied(x))
+        linear.weight.mul_(2)  # one network trained: the shared one follows, the copy does not
+    torch.testing.assert_close(shared.weight.flatten(1), linear.weight)
+    assert not torch.equal(copied.weight.flatten(1), linear.weight)
+    shared.weight.grad = torch.ones_like(shared.weight)
+    torch.optim.SGD(shared.parameters(), lr=0.5).step()  # and the other way round
+    torch.testing.assert_close(linear.weight, shared.weight.detach().flatten(1))
+
+
+@torch.no_grad()
+def test_convolutionalize_sharing_weights_computes_the_same(vgg_pair):
+    vgg, fcn = vgg_pair
+    shared = convolutionalize(vgg, share_weights=True).eval()
+    assert shared.features is vgg.features
+    fc6 = vgg.classifier[0].weight
+    assert shared.fc6.weight.untyped_storage().data_ptr() == fc6.untyped_storage().data_ptr()
+    x = torch.randn(1, 3, 256, 288)
+    torch.testing.assert_close(shared(x), fcn(x))
