@@ -21,17 +21,20 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from support import scored_classroom_model
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils.data import TensorDataset
 
-from fcn_lesson import BilinearUpsample, ShapesDataset, bilinear_upsample, fc_to_conv
-from fcn_lesson.engine import loop, metrics
+from fcn_lesson import BilinearUpsample, ShapesDataset, bilinear_upsample, convolutionalize, fc_to_conv
+from fcn_lesson.core.classifier import CLASSIFIER_CLASSES, classroom_vgg16
+from fcn_lesson.engine import classify, loop, metrics
 from fcn_lesson.engine.loop import predict
-from fcn_lesson.lessons import fusion, layers, output_grid, upsampling
+from fcn_lesson.lessons import fusion, heatmaps, layers, output_grid, upsampling
 
 # Index 0 tells it from the genuine meta device (index None), which still works as usual.
 STAND_IN = torch.device("meta", 0)
@@ -302,6 +305,27 @@ def test_evaluate_and_fit(monkeypatch):
         assert loop.evaluate(net, data, batch_size=2)["mean_iou"] == expected["val_mean_iou"]
     assert {k: v for k, v in history[0].items() if k != "seconds"} == {
         k: v for k, v in expected.items() if k != "seconds"}
+
+
+def test_classroom_classifier_and_its_heat_maps():
+    torch.manual_seed(0)
+    model = classroom_vgg16().eval()
+    classes = len(CLASSIFIER_CLASSES)
+    data = TensorDataset(torch.randint(256, (4, 3, 224, 224), dtype=torch.uint8), torch.arange(4) % classes)
+    canvas = torch.rand(1, 3, 256, 288)
+    accuracy = classify.classifier_accuracy(model, data, batch_size=2)
+    confusion = classify.confusion(model, data, classes, batch_size=2)
+    probs, best = heatmaps.class_heatmaps(convolutionalize(model), canvas)
+    with stand_in_device():
+        net = moved(model)
+        assert classify.classifier_accuracy(net, data, batch_size=2) == accuracy
+        np.testing.assert_array_equal(classify.confusion(net, data, classes, batch_size=2), confusion)
+        got_probs, got_best = heatmaps.class_heatmaps(convolutionalize(net), moved(canvas))
+        assert_same(got_probs, probs)
+        assert got_best == best
+        classify.fit_classifier(net, data, epochs=1, batch_size=2, max_steps=1, progress=False,
+                                device=STAND_IN)
+        assert_on(next(net.parameters()), "stand-in")
 
 
 def test_layer_activations():

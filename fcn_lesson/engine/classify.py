@@ -121,10 +121,11 @@ def fit_classifier(model: nn.Module, train_data: Dataset, val_data: Dataset | No
 def confusion(model: nn.Module, data: Dataset, num_classes: int, batch_size: int = 64) -> np.ndarray:
     """(num_classes, num_classes) counts, rows = true label."""
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    device = next(model.parameters()).device
     model.eval()
     with torch.no_grad():
         for images, labels in DataLoader(data, batch_size=batch_size):
-            pred = model(_as_float(images)).argmax(1)
+            pred = model(_as_float(images).to(device)).argmax(1).cpu()
             np.add.at(cm, (labels.numpy(), pred.numpy()), 1)
     return cm
 
