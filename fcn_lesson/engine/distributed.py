@@ -16,6 +16,9 @@ What `fit` and `evaluate` do with it, and why:
 - The per-pixel mean loss is divided by the number of labelled pixels of the whole global
   batch (an all_reduce of one integer per step), not per process: a process whose crops are
   mostly "void" must not weigh as much as one full of labelled pixels.
+- BatchNorm: each process would normalise its own sub-batch, another function than one process
+  computes on the whole batch; `sync_batch_norm` makes the layers use the global batch's
+  statistics (SyncBatchNorm on GPUs; on CPUs, where SyncBatchNorm has no kernels, all_reduces).
 - Evaluation: each process scores a disjoint slice of the validation set and the confusion
   matrices (integers) are summed, so the metrics equal the single-process ones exactly.
 - Only rank 0 draws progress bars, prints and writes files.

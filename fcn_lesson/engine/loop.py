@@ -292,6 +292,7 @@ def fit(model: FCN, train_data: Dataset, val_data: Dataset | None = None, config
     Under torchrun (see `fcn_lesson.engine.distributed`) the same call trains data-parallel: the
     model is wrapped in DistributedDataParallel, `batch_size` is the global batch, split evenly
     over the processes, the loss is normalised by the labelled pixels of the whole global batch,
+    BatchNorm layers normalise with the whole global batch's statistics (`distributed.sync_batch_norm`),
     validation is sharded and its counts summed, and only rank 0 prints and writes.
     """
     unknown = set(settings) - {f.name for f in fields(FitConfig)}
