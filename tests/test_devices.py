@@ -34,7 +34,7 @@ from fcn_lesson import BilinearUpsample, ShapesDataset, bilinear_upsample, convo
 from fcn_lesson.core.classifier import CLASSIFIER_CLASSES, classroom_vgg16
 from fcn_lesson.engine import classify, loop, metrics
 from fcn_lesson.engine.loop import predict
-from fcn_lesson.lessons import fusion, heatmaps, layers, output_grid, upsampling
+from fcn_lesson.lessons import fusion, heatmaps, history, layers, output_grid, upsampling
 
 # Index 0 tells it from the genuine meta device (index None), which still works as usual.
 STAND_IN = torch.device("meta", 0)
@@ -395,6 +395,24 @@ def test_fusion_lesson(labels):
             pred[0], target[0], NUM_CLASSES)
         assert_same(fusion.per_image_mean_iou(p, t, NUM_CLASSES),
                     fusion.per_image_mean_iou(pred, target, NUM_CLASSES))
+
+
+def test_before_and_after_fcn_lesson(labels):
+    model = scored_classroom_model("fcn32s")
+    images = torch.rand(2, 3, 24, 30)
+    _, target = labels
+    stitched = history.shift_and_stitch(model, images, 16)
+    dilated = history.dilated_scores(model, images, 8)
+    up = history.upsample_scores(dilated, 8, 24, 30)
+    iou = history.mean_iou(model, images, target.clamp(max=model.num_classes - 1), model.num_classes)
+    with stand_in_device():
+        net, x = moved(model), moved(images)
+        for got, expected in ((history.shift_and_stitch(net, x, 16), stitched),
+                              (history.dilated_scores(net, x, 8), dilated),
+                              (history.upsample_scores(moved(dilated), 8, 24, 30), up)):
+            assert_on(got, "stand-in")
+            assert_same(got, expected)
+        assert history.mean_iou(net, x, target.clamp(max=model.num_classes - 1), model.num_classes) == iou
 
 
 @pytest.mark.skipif(importlib.util.find_spec("fcn_lesson.lessons.explain") is None,
