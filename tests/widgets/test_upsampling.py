@@ -256,3 +256,4 @@ def test_explorer_axes_tick_whole_cells_only(explorer):
     for ax in explorer.figure.axes[:4]:
         ticks = [*ax.get_xticks(), *ax.get_yticks()]
         assert all(float(t).is_integer() for t in ticks), ticks
+        assert len(ax.get_xticks()) <= 7  # a few, not one per cell crowding into each other
