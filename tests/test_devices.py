@@ -415,6 +415,31 @@ def test_before_and_after_fcn_lesson(labels):
         assert history.mean_iou(net, x, target.clamp(max=model.num_classes - 1), model.num_classes) == iou
 
 
+def test_explorers_with_a_model_on_the_device():
+    from fcn_lesson.widgets.fusion import FusionExplorer
+    from fcn_lesson.widgets.layers import LayerExplorer
+
+    model = scored_classroom_model("fcn8s")
+    data = ShapesDataset(2, 48, seed=3)
+    expected_fusion = FusionExplorer(model, data)
+    expected_fusion.pool4_gain.value = 0.5
+    expected_layer = LayerExplorer(model, data, layer="pool3", channel=2).update()
+    with stand_in_device():
+        net = moved(model)
+        fusion_explorer = FusionExplorer(net, data)
+        fusion_explorer.pool4_gain.value = 0.5
+        assert_same(fusion_explorer.view.class_score, expected_fusion.view.class_score)
+        assert fusion_explorer.view.mean_iou == expected_fusion.view.mean_iou
+        np.testing.assert_array_equal(LayerExplorer(net, data, layer="pool3", channel=2).update(),
+                                      expected_layer)
+        if importlib.util.find_spec("fcn_lesson.widgets.pixel") is not None:  # being written
+            from fcn_lesson.widgets.pixel import PixelExplorer
+
+            explorer = PixelExplorer(net, data, row=20, col=30)
+            assert_same(explorer.result.explanation.logits,
+                        PixelExplorer(model, data, row=20, col=30).result.explanation.logits)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("fcn_lesson.lessons.explain") is None,
                     reason="fcn_lesson.lessons.explain is not there yet")
 @pytest.mark.parametrize("variant", ["fcn16s", "fcn8s"])
