@@ -21,7 +21,7 @@ from fcn_lesson.core.models import FCN
 from fcn_lesson.datasets.shapes import CLASSES, PALETTE
 from fcn_lesson.lessons.fusion import image_mean_iou
 from fcn_lesson.lessons.viz import colorize, to_numpy_image
-from fcn_lesson.widgets.png import encode_png, figure_png, static_bundle
+from fcn_lesson.widgets.png import encode_png, figure_png, show_png, static_bundle
 
 __all__ = ["FusionExplorer", "FusionView"]
 
@@ -139,10 +139,10 @@ class FusionExplorer:
             mean_iou=image_mean_iou(prediction, entry["mask"], self.model.num_classes),
             trained_mean_iou=image_mean_iou(entry["trained_pred"], entry["mask"],
                                             self.model.num_classes))
-        self.views["image"].value = entry["image_png"]
-        self.views["ground truth"].value = entry["mask_png"]
-        self.views["prediction"].value = encode_png(colorize(prediction, self.palette), self.zoom)
-        self.views["class score"].value = encode_png(_score_rgb(view.class_score, limit), self.zoom)
+        show_png(self.views["image"], entry["image_png"])
+        show_png(self.views["ground truth"], entry["mask_png"])
+        show_png(self.views["prediction"], encode_png(colorize(prediction, self.palette), self.zoom))
+        show_png(self.views["class score"], encode_png(_score_rgb(view.class_score, limit), self.zoom))
         self.titles["class score"].value = f"<b>score for '{self.classes[cls]}'</b>"
         self.score_scale.value = (f"colour scale: blue {-limit:.1f} · white 0 · red {limit:.1f} "
                                   "(the trained net's range on this image; beyond it, clipped)")

@@ -184,3 +184,11 @@ def test_static_png_shows_the_current_view_for_readers_without_a_kernel(explorer
     assert base64.b64decode(bundle["image/png"]) == png
     assert "application/vnd.jupyter.widget-view+json" in bundle
     assert "fusion explorer" in bundle["text/plain"]
+
+
+def test_panels_are_shown_at_their_own_pixel_size(explorer):
+    from fcn_lesson.widgets.png import png_size
+
+    for view in explorer.views.values():
+        width, height = png_size(view.value)
+        assert (view.layout.width, view.layout.height) == (f"{width}px", f"{height}px")
