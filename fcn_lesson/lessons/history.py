@@ -225,6 +225,23 @@ def mean_iou(logits_fn, images: torch.Tensor, masks: torch.Tensor, num_classes: 
     return segmentation_scores(cm)["mean_iou"]
 
 
+def stray_blobs(preds: torch.Tensor, masks: torch.Tensor, num_classes: int) -> tuple[int, int]:
+    """(stray, total): connected regions of one predicted object class (not background, class 0)
+    and how many of them touch no ground-truth pixel of that class: decisions no neighbour agreed
+    with, which nothing in an FCN removes (DeepLab's CRF does)."""
+    from scipy import ndimage
+
+    stray = total = 0
+    for pred, truth in zip(preds.cpu().numpy(), masks.cpu().numpy(), strict=True):
+        for c in range(1, num_classes):
+            labels, n = ndimage.label(pred == c)
+            if n:
+                hit = set(torch.from_numpy(labels[truth == c]).unique().tolist()) - {0}
+                total += n
+                stray += n - len(hit)
+    return stray, total
+
+
 # --- sum against concatenation fusion -------------------------------------------------------------
 
 @torch.no_grad()

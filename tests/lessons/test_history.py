@@ -151,3 +151,14 @@ def test_the_experiment_command_writes_its_json(tmp_path):
 def test_the_experiments_default_seeds_are_the_classrooms():
     args = history.experiment_parser().parse_args([])
     assert (args.train_seed, args.val_seed) == (classroom.TRAIN_SEED, classroom.EVAL_SEED)
+
+
+def test_stray_blobs_counts_predicted_regions_that_touch_no_object_of_their_class():
+    pred = torch.zeros(1, 10, 10, dtype=torch.long)
+    truth = torch.zeros_like(pred)
+    pred[0, 1:3, 1:3] = 1
+    truth[0, 2, 2] = 1  # the first blob touches a true pixel of its class
+    pred[0, 6:8, 6:8] = 1  # stray
+    pred[0, 0, 9] = 2  # stray: no class-2 object at all
+    truth[0, 0, 9] = 1  # a class-1 pixel under it does not count
+    assert history.stray_blobs(pred, truth, 3) == (2, 3)
