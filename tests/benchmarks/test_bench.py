@@ -106,14 +106,16 @@ def test_page_faults_count_fresh_memory():
 
 def test_targets_judge_the_numbers():
     results = {
-        "notebooks": {"rows": [{"notebook": "a.ipynb", "seconds": 30.0},
-                               {"notebook": "b.ipynb", "seconds": 61.0}], "total_seconds": 91.0},
+        "notebooks": {"rows": [{"notebook": "a.ipynb", "seconds": 30.0, "peak_rss_mb": 1400.0},
+                               {"notebook": "b.ipynb", "seconds": 61.0, "peak_rss_mb": 1600.0}],
+                      "total_seconds": 91.0},
         "latency": {"rows": [{"variant": "fcn8s", "size": 128, "batch": 1, "ours_ms": 4.0, "ratio": 1.2},
                              {"variant": "fcn8s", "size": 512, "batch": 16, "ours_ms": 50.0, "ratio": 0.9}]},
         "widgets": {"rows": [{"widget": "w", "control": "c", "median_ms": 40.0}]},
     }
     met = {row["target"]: row["met"] for row in check_targets(results)}
     assert met == {"a.ipynb run time (s)": True, "b.ipynb run time (s)": False, "all notebooks (s)": True,
+                   "a.ipynb peak RSS (MB)": True, "b.ipynb peak RSS (MB)": False,
                    "FCN-8s classroom, 128 px, batch 1 (ms/image)": True,
                    "naive / ours, slowest case (fcn8s 512 px batch 16)": False,
                    "widget median, slowest (w: c) (ms)": True}
