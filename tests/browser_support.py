@@ -73,6 +73,24 @@ _STATE_JS = """() => ({
 })"""
 
 
+# Latency probes on a widget's root element: the timestamp of the first input event after a reset
+# (capture phase, so it is seen before any handler), and the time of every image `load` inside the
+# widget (load does not bubble, but capture listeners on an ancestor see it).
+_LATENCY_JS = """r => {
+  if (r.__latency) return;
+  r.__latency = {t0: null, loads: []};
+  const start = e => {
+    if (r.__latency.t0 === null && r.contains(e.target)) r.__latency.t0 = e.timeStamp;
+  };
+  for (const type of ['keydown', 'input', 'change', 'pointerdown']) {
+    document.addEventListener(type, start, true);
+  }
+  r.addEventListener('load', e => {
+    if (e.target.tagName === 'IMG') r.__latency.loads.push(performance.now());
+  }, true);
+}"""
+
+
 def unavailable(reason: str) -> None:
     """Skip on a user's machine, but fail in CI, where a skipped browser test would prove nothing."""
     if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
@@ -312,6 +330,56 @@ class NotebookPage:
         # A callback that raises prints into the widget's output (or nowhere, and the figure stays).
         return moved, problems + [f"after moving the controls: {e}" for e in self._error_outputs()
                                   if e not in errors_before]
+
+    def control_latencies(self, samples: int = 24, timeout: float = 15) -> list[dict]:
+        """End-to-end latency as a student feels it, for every visible, enabled control of every
+        widget: `samples` moves, each timed from the input event's own timestamp (the key press,
+        the menu choice, the click) to the `load` of the last image the widget repaints. Returns
+        one row per control: widget, control, samples, median and p95 in ms (a report, not a check:
+        timings depend on the machine)."""
+        rows = []
+        roots = self.page.locator(WIDGET_ROOTS)
+        for w in range(roots.count()):
+            root = roots.nth(w)
+            if not root.locator("img").count():
+                continue  # a progress bar or a widget without pictures: nothing repaints
+            root.evaluate(_LATENCY_JS)
+            controls = root.locator(ANY_CONTROL)
+            for c in range(controls.count()):
+                control = controls.nth(c)
+                if not control.is_visible():
+                    continue
+                kind = next(k for k, selector in CONTROLS.items()
+                            if control.evaluate("(e, s) => e.matches(s)", selector))
+                timings = []
+                for _ in range(samples):
+                    self._settled_figure(root, timeout)
+                    root.evaluate("r => { r.__latency.t0 = null; r.__latency.loads = []; }")
+                    if not _move(control, kind):
+                        break
+                    if (ms := self._latency(root, timeout)) is not None:
+                        timings.append(ms)
+                if timings:
+                    timings.sort()
+                    rows.append({"notebook": self.name, "widget": w, "control":
+                                 f"{kind} {control.evaluate(_LABEL_JS)!r}", "samples": len(timings),
+                                 "median_ms": round(timings[len(timings) // 2], 1),
+                                 "p95_ms": round(timings[min(len(timings) - 1,
+                                                             int(0.95 * len(timings)))], 1)})
+        return rows
+
+    def _latency(self, root, timeout: float, quiet: float = 0.3) -> float | None:
+        """ms from the input event to the last image load, once no image has loaded for `quiet` s."""
+        deadline, last, seen_at = time.monotonic() + timeout, None, time.monotonic()
+        while time.monotonic() < deadline:
+            state = root.evaluate("r => ({t0: r.__latency.t0, loads: r.__latency.loads.length, "
+                                  "last: r.__latency.loads.at(-1) ?? null})")
+            if state["loads"] != last:
+                last, seen_at = state["loads"], time.monotonic()
+            elif last and time.monotonic() - seen_at >= quiet and state["t0"] is not None:
+                return state["last"] - state["t0"]
+            time.sleep(0.05)
+        return None
 
     def console_tail(self, lines: int = 10) -> str:
         return "\n".join(self.console[-lines:])
