@@ -348,13 +348,16 @@ def plot_pixel_explanation(explanation: PixelExplanation, image: torch.Tensor, c
     for n, s in enumerate(streams):
         ax.bar([i + (n - (len(streams) - 1) / 2) * bar for i in range(len(shown))],
                [float(e.contributions[s][c]) for c in shown], bar, color=STREAM_COLOURS[s],
-               label=f"{SOURCES[s]} (sees {_side(e.receptive_fields[s])} px)")
+               label=f"{SOURCES[s]}, field {_side(e.receptive_fields[s])} px")
     ax.plot(range(len(shown)), [float(e.logits[c]) for c in shown], "kD", ms=6, label="total")
     ax.axhline(0, color="0.5", lw=0.8)
     ax.set_xticks(range(len(shown)), [classes[c] for c in shown], fontsize=9)
     ax.set_title("what each stream adds", fontsize=10)
     ax.set_ylabel("logit", fontsize=9)
     ax.tick_params(labelsize=8)
-    ax.legend(fontsize=8)
+    # Headroom above the bars for the legend, so that it hides none of them.
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, high + 0.7 * (high - low))
+    ax.legend(fontsize=7, loc="upper left", handlelength=1.2)
     figure.suptitle(explain_sentence(e, classes), fontsize=11)
     return figure
