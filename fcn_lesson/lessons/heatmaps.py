@@ -47,13 +47,14 @@ def heatmap_extent(h: int, w: int) -> tuple[float, float, float, float]:
     return (margin - 0.5, margin + STRIDE * w - 0.5, margin + STRIDE * h - 0.5, margin - 0.5)
 
 
-def classifier_mosaic(labels: np.ndarray | list[list[int]],
-                      seed: int = 2026) -> tuple[torch.Tensor, np.ndarray]:
+def classifier_mosaic(labels: np.ndarray | list[list[int]], seed: int = 2026,
+                      named_by: torch.nn.Module | None = None) -> tuple[torch.Tensor, np.ndarray]:
     """A canvas of 224 x 224 tiles, tile (r, c) an image of `ShapesClassification` (seed `seed`,
     never used in training) whose centre object has class index `labels[r][c]`.
 
-    Each tile's object then sits at the centre of the window of score cell (7 r, 7 c), so that
-    cell's scores are exactly the classifier's answer for the tile. Returns the image
+    Each tile's object then sits at the centre of the window of score cell (7 r, 7 c). With a
+    classifier `named_by`, only images it names correctly on their own are used: the canvas then
+    shows how the classifier localises, apart from how often it misclassifies. Returns the image
     (3, 224 rows, 224 cols) and the labels as an int array.
     """
     labels = np.asarray(labels, dtype=np.int64)
@@ -64,10 +65,16 @@ def classifier_mosaic(labels: np.ndarray | list[list[int]],
         raise ValueError(f"class indices must be in 0..{len(data.classes) - 1} ({', '.join(data.classes)})")
     pools = {k: [] for k in np.unique(labels).tolist()}
     needed = {k: int((labels == k).sum()) for k in pools}
+    weight = None if named_by is None else next(named_by.parameters())
     for i in range(len(data)):
         image, label = data[i]
-        if label in pools and len(pools[label]) < needed[label]:
-            pools[label].append(image)
+        if label not in pools or len(pools[label]) == needed[label]:
+            continue
+        if weight is not None:
+            with torch.no_grad():
+                if int(named_by.eval()(image[None].to(weight.device)).argmax()) != label:
+                    continue
+        pools[label].append(image)
         if all(len(pools[k]) == needed[k] for k in pools):
             break
     rows = [torch.cat([pools[int(k)].pop() for k in row], dim=2) for row in labels]
