@@ -225,21 +225,24 @@ def mean_iou(logits_fn, images: torch.Tensor, masks: torch.Tensor, num_classes: 
     return segmentation_scores(cm)["mean_iou"]
 
 
-def stray_blobs(preds: torch.Tensor, masks: torch.Tensor, num_classes: int) -> tuple[int, int]:
-    """(stray, total): connected regions of one predicted object class (not background, class 0)
-    and how many of them touch no ground-truth pixel of that class: decisions no neighbour agreed
-    with, which nothing in an FCN removes (DeepLab's CRF does)."""
+def mixed_objects(preds: torch.Tensor, masks: torch.Tensor, num_classes: int,
+                  min_share: float = 0.05) -> tuple[int, int]:
+    """(mixed, objects): ground-truth objects (connected regions of one class other than
+    background, class 0), and how many of them get two or more object classes, each on at least
+    `min_share` of the object's pixels. Every pixel is decided on its own, and nothing in an FCN
+    makes the pixels of one object agree (DeepLab's CRF does)."""
     from scipy import ndimage
 
-    stray = total = 0
+    mixed = objects = 0
     for pred, truth in zip(preds.cpu().numpy(), masks.cpu().numpy(), strict=True):
         for c in range(1, num_classes):
-            labels, n = ndimage.label(pred == c)
-            if n:
-                hit = set(torch.from_numpy(labels[truth == c]).unique().tolist()) - {0}
-                total += n
-                stray += n - len(hit)
-    return stray, total
+            labels, n = ndimage.label(truth == c)
+            for j in range(1, n + 1):
+                inside = torch.from_numpy(pred[labels == j])
+                share = torch.bincount(inside, minlength=num_classes)[1:] / inside.numel()
+                objects += 1
+                mixed += int((share >= min_share).sum() >= 2)
+    return mixed, objects
 
 
 # --- sum against concatenation fusion -------------------------------------------------------------

@@ -153,12 +153,12 @@ def test_the_experiments_default_seeds_are_the_classrooms():
     assert (args.train_seed, args.val_seed) == (classroom.TRAIN_SEED, classroom.EVAL_SEED)
 
 
-def test_stray_blobs_counts_predicted_regions_that_touch_no_object_of_their_class():
-    pred = torch.zeros(1, 10, 10, dtype=torch.long)
-    truth = torch.zeros_like(pred)
-    pred[0, 1:3, 1:3] = 1
-    truth[0, 2, 2] = 1  # the first blob touches a true pixel of its class
-    pred[0, 6:8, 6:8] = 1  # stray
-    pred[0, 0, 9] = 2  # stray: no class-2 object at all
-    truth[0, 0, 9] = 1  # a class-1 pixel under it does not count
-    assert history.stray_blobs(pred, truth, 3) == (2, 3)
+def test_mixed_objects_counts_objects_labelled_with_two_object_classes():
+    truth = torch.zeros(1, 10, 10, dtype=torch.long)
+    truth[0, 0:4, 0:5] = 1  # object A, 20 px
+    truth[0, 6:10, 6:10] = 2  # object B, 16 px
+    pred = truth.clone()
+    pred[0, 0, 0] = 2  # 1 px of A (5 %): counts as a second label
+    pred[0, 6, 6] = 0  # background inside B does not make it mixed
+    assert history.mixed_objects(pred, truth, 3) == (1, 2)
+    assert history.mixed_objects(pred, truth, 3, min_share=0.1) == (0, 2)
