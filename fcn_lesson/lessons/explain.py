@@ -299,17 +299,23 @@ def plot_pixel_explanation(explanation: PixelExplanation, image: torch.Tensor, c
             left=0.035, right=0.99, bottom=0.09, top=0.8, wspace=0.28))
     p = e.prediction
 
-    def pixel_image(ax, title):
+    def pixel_image(ax, title, ticks=False):
         ax.imshow(picture, extent=(0, width, height, 0), interpolation="nearest")
         ax.plot(e.col + 0.5, e.row + 0.5, "+", color="white", ms=12, mew=3)
         ax.plot(e.col + 0.5, e.row + 0.5, "+", color="black", ms=10, mew=1.5)
         ax.set_xlim(0, width)
         ax.set_ylim(height, 0)
         ax.set_title(title, fontsize=10)
-        ax.tick_params(labelsize=8)
+        if ticks:
+            ax.tick_params(labelsize=8)
+        else:
+            # Pixel coordinates on the first panel only: tick labels are most of the drawing
+            # time, and the explorer redraws on every slider move.
+            ax.set_xticks([])
+            ax.set_yticks([])
 
     ax = axes[0]
-    pixel_image(ax, f"pixel ({e.row}, {e.col}):\nreceptive fields")
+    pixel_image(ax, f"pixel ({e.row}, {e.col}):\nreceptive fields", ticks=True)
     for s in streams:
         top, left, bottom, right = e.receptive_fields[s]
         ax.add_patch(Rectangle((left, top), right - left, bottom - top, fill=False, lw=2,
@@ -320,7 +326,8 @@ def plot_pixel_explanation(explanation: PixelExplanation, image: torch.Tensor, c
                             interpolation="nearest")
         axes[column].plot(e.col + 0.5, e.row + 0.5, "+", color="black", ms=10, mew=1.5)
         axes[column].set_title(f"{e.variant} predicts: {classes[p]}", fontsize=10)
-        axes[column].tick_params(labelsize=8)
+        axes[column].set_xticks([])
+        axes[column].set_yticks([])
         column += 1
     cmap = plt.get_cmap("RdBu_r")
     for ax, s in zip(axes[column:column + len(streams)], streams, strict=True):
