@@ -202,6 +202,10 @@ def _train_classifier(args) -> int:
     torch.manual_seed(args.seed)
     model = classroom_vgg16(len(ShapesClassification.classes), width=args.width,
                             batch_norm=classroom.BATCH_NORM, dropout=args.dropout)
+    if args.init:  # continue training a classifier checkpoint (same width)
+        from fcn_lesson.engine.checkpoint import load_classifier
+
+        model.load_state_dict(load_classifier(args.init)[0].state_dict())
     start = time.perf_counter()
     train = render_all(ShapesClassification(args.train_images, args.image_size, seed=args.seed),
                        progress=True, desc="render training images")
@@ -222,7 +226,7 @@ def _train_classifier(args) -> int:
         dataset={"name": "shapes_classification", "image_size": args.image_size,
                  "train_images": args.train_images, "train_seed": args.seed,
                  "val_images": args.val_images, "val_seed": args.val_seed},
-        training={"command": "python -m fcn_lesson " + " ".join(sys.argv[1:]),
+        training={"command": "python -m fcn_lesson " + " ".join(sys.argv[1:]), "init": args.init or "scratch",
                   "seconds": round(seconds, 1), "epochs": args.epochs, "batch_size": args.batch_size,
                   "lr": args.lr, "optimizer": "adam", "schedule": "cosine",
                   "weight_decay": args.weight_decay, "dropout": args.dropout,
@@ -484,13 +488,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "only: the shape at the centre of a ShapesClassification image. The "
                                    "classroom FCNs start from it: train --variant fcn32s --init CLASSIFIER.")
     c.add_argument("--out", default="checkpoints/classifier.pt", help="where to write it")
-    c.add_argument("--train-images", type=int, default=6000, help="training images (rendered once, flipped and turned each epoch)")
+    c.add_argument("--init", help="a classifier checkpoint to continue from (default: from scratch)")
+    c.add_argument("--train-images", type=int, default=2400,
+                   help="training images (rendered once, flipped and turned each epoch)")
     c.add_argument("--val-images", type=int, default=500, help="validation images (seed --val-seed)")
-    c.add_argument("--test-images", type=int, default=1000,
+    c.add_argument("--test-images", type=int, default=500,
                    help=f"fresh images (seed {classroom.EVAL_SEED}) scored at the end (0: none)")
-    c.add_argument("--epochs", type=int, default=5)
+    c.add_argument("--epochs", type=int, default=3)
     c.add_argument("--batch-size", type=int, default=32)
-    c.add_argument("--lr", type=float, default=1e-3, help="Adam, cosine decay to zero")
+    c.add_argument("--lr", type=float, default=2e-3, help="Adam, cosine decay to zero")
     c.add_argument("--weight-decay", type=float, default=0.0)
     c.add_argument("--dropout", type=float, default=0.3, help="after fc6 and fc7")
     c.add_argument("--width", type=float, default=classroom.WIDTH, help="channel multiplier of VGG16")

@@ -80,3 +80,18 @@ def test_checkpoint_of_another_variant_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("FCN_LESSON_DATA", str(tmp_path))
     with pytest.raises(CheckpointError, match="holds a fcn16s"):
         load_classroom_model("fcn8s")
+
+
+def test_coins_reference_and_what_the_shipped_fcn8s_makes_of_them():
+    """scikit-image's coins photograph (greyscale over 3 channels, [0, 1]) against the classical
+    reference segmentation (Sobel + watershed): it finds the 24 coins. The shipped FCN-8s (from
+    scratch, colour shapes only) covers them but calls many rings (measured: 10 of 24 disks,
+    foreground IoU 0.709); issue 12's goal is 24 and 0.85, not reached by these checkpoints."""
+    from fcn_lesson.lessons.photos import NUM_COINS, coins_reference_mask, label_coins, segment_coins
+
+    reference = coins_reference_mask()
+    assert label_coins(reference)[1] == NUM_COINS
+    assert 0.25 < reference.mean() < 0.45
+    result = segment_coins(load_classroom_model("fcn8s", device="cpu"))
+    assert result["coins"] == NUM_COINS
+    assert result["as_class"] >= 9 and result["iou"] >= 0.68

@@ -61,7 +61,8 @@ def fit_classifier(model: nn.Module, train_data: Dataset, val_data: Dataset | No
     """Train `model` in place with cross-entropy on image-level labels; returns the history.
 
     Adam with cosine decay to zero over the run; a random horizontal flip per image and a random
-    quarter turn per batch (every class is symmetric under both). Validation accuracy after every epoch if `val_data` is given.
+    quarter turn per batch (every class is symmetric under both). Validation accuracy after
+    every epoch if `val_data` is given.
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
