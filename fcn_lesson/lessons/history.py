@@ -17,6 +17,7 @@ cell j is centred on pixel 15.5 + s j (as `score_fr`'s cell 0 is on pixel 15.5),
 """
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -407,6 +408,11 @@ def fusion_experiment(model: FCN, train: ShapesDataset, val: ShapesDataset, *, s
     return {"settings": settings, "heads": results}
 
 
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file: which checkpoint an experiment was run on."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def experiment_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m fcn_lesson.lessons.history",
@@ -431,6 +437,7 @@ def main(argv=None) -> None:
     result = fusion_experiment(model, ShapesDataset(args.train_images, 128, seed=args.train_seed),
                                ShapesDataset(args.val_images, 128, seed=args.val_seed),
                                steps=args.steps, seed=args.seed)
+    result["settings"]["checkpoint_sha256"] = file_sha256(args.checkpoint)
     result["command"] = (f"python -m fcn_lesson.lessons.history --checkpoint {args.checkpoint} "
                          f"--out {args.out} --train-images {args.train_images} "
                          f"--val-images {args.val_images} --steps {args.steps} "

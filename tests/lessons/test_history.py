@@ -146,6 +146,7 @@ def test_the_experiment_command_writes_its_json(tmp_path):
         assert head["params"] > 0 and head["activation_bytes_per_image"] > 0
         assert 0 <= head["mean_iou"] <= 1
     assert "--steps 3" in result["command"] and result["settings"]["steps"] == 3
+    assert result["settings"]["checkpoint_sha256"] == history.file_sha256(classroom.checkpoint_path("fcn32s"))
 
 
 def test_the_experiments_default_seeds_are_the_classrooms():
