@@ -291,6 +291,12 @@ def plot_pixel_explanation(explanation: PixelExplanation, image: torch.Tensor, c
     if figure is None:
         figure = plt.figure(figsize=(2.7 * panels + 0.8, 3.7), layout="constrained")
         axes = figure.subplots(1, panels, width_ratios=ratios)
+    elif len(figure.axes) == panels:
+        # Redrawn on every slider move: the same axes, emptied (creating them again took most
+        # of the time of an update).
+        axes = figure.axes
+        for ax in axes:
+            ax.clear()
     else:
         # A figure that is redrawn on every slider move gets fixed margins: a layout engine
         # would measure every tick label again each time, which is most of the drawing time.

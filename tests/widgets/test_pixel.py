@@ -109,3 +109,14 @@ def test_bad_arguments_are_refused(models, data):
         PixelExplorer({"x": torch.nn.Identity()}, data)
     with pytest.raises(ValueError, match="image must be in"):
         PixelExplorer(models, data, image=3)
+
+
+def test_moving_away_and_back_redraws_the_same_picture(explorer):
+    # The explorer reuses its axes between moves: nothing of the previous pixel may be left over.
+    first = np.asarray(Image.open(io.BytesIO(explorer.picture.value)))
+    explorer.row.value, explorer.col.value = 40, 20
+    explorer.model.value = "FCN-8s"
+    explorer.model.value = "FCN-16s"
+    explorer.row.value, explorer.col.value = 10, 80
+    again = np.asarray(Image.open(io.BytesIO(explorer.picture.value)))
+    assert first.shape == again.shape and np.array_equal(first, again)
