@@ -20,8 +20,6 @@ NOTEBOOK_PEAK_LIMIT_MB = TARGETS["notebook_peak_rss_mb"]
 KNOWN_OVER_LIMIT = {
     "01_fc_to_conv.ipynb": "a full-width VGG16 (528 MB of weights, random ones unless ImageNet's are "
                            "cached); issue 12 makes the classroom classifier its default network",
-    "07_real_images.ipynb": "a full-width VGG16 (528 MB of weights, random ones unless ImageNet's are "
-                            "cached); issue 12 makes the classroom models its default",
 }
 
 
