@@ -42,6 +42,26 @@ def test_shape_is_vgg16_at_classroom_width():
     assert len(CLASSIFIER_CLASSES) == 5
 
 
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 2**10 for line in f if line.startswith(field + ":"))
+
+
+def test_building_it_never_allocates_full_width_vgg16s_head():
+    # torchvision's VGG.__init__ makes a 25088 -> 4096 Linear (411 MB) that classroom_vgg16
+    # replaces; made for real, it would raise every notebook kernel's peak by that much.
+    classroom_vgg16(5)  # the first build imports torchvision.models
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets this process's peak (VmHWM) to what it holds now
+    except OSError:
+        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak memory")
+    before = _status_mb("VmRSS")
+    clf = classroom_vgg16(5)
+    assert _status_mb("VmHWM") - before < 100  # its own weights are ~8 MB
+    assert {p.device.type for p in clf.parameters()} == {"cpu"}  # nothing left on the meta device
+
+
 def test_convolutionalize_equals_the_classifier_at_224(trained_bn_classifier):
     clf = trained_bn_classifier
     fcn = convolutionalize(clf).eval()
@@ -130,7 +150,8 @@ def test_three_way_experiment_methods(trained_bn_classifier):
     clf = trained_bn_classifier
     scratch = transfer.make_fcn32s("scratch", clf, classroom.WIDTH, True, 6)
     frozen = transfer.make_fcn32s("frozen", clf, classroom.WIDTH, True, 6)
-    assert [n for n, p in frozen.named_parameters() if p.requires_grad] == ["score_fr.weight", "score_fr.bias"]
+    trainable = [n for n, p in frozen.named_parameters() if p.requires_grad]
+    assert trainable == ["score_fr.weight", "score_fr.bias"]
     before = {k: v.clone() for k, v in frozen.backbone.state_dict().items()}
     images, masks = ShapesDataset(4, 64, seed=0).tensors()
     transfer.train_steps(frozen, images, masks, steps=2, batch_size=2)
