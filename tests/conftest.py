@@ -12,11 +12,3 @@ import pytest  # noqa: E402
 def _close_figures():
     yield
     plt.close("all")
-
-
-def pytest_configure(config):
-    # Registered as a plugin, not defined here: hooks in tests/conftest.py would only see tests/
-    # items, and this one must see the notebooks/ items that nbval collects.
-    from notebook_memory import NotebookMemory
-
-    config.pluginmanager.register(NotebookMemory(), "notebook-memory")
