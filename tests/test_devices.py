@@ -428,8 +428,8 @@ def test_explorers_with_a_model_on_the_device():
         net = moved(model)
         fusion_explorer = FusionExplorer(net, data)
         fusion_explorer.pool4_gain.value = 0.5
-        assert_same(fusion_explorer.view.class_score, expected_fusion.view.class_score)
-        assert fusion_explorer.view.mean_iou == expected_fusion.view.mean_iou
+        assert_same(fusion_explorer.result.class_score, expected_fusion.result.class_score)
+        assert fusion_explorer.result.mean_iou == expected_fusion.result.mean_iou
         np.testing.assert_array_equal(LayerExplorer(net, data, layer="pool3", channel=2).update(),
                                       expected_layer)
         if importlib.util.find_spec("fcn_lesson.widgets.pixel") is not None:  # being written

@@ -21,7 +21,8 @@ from fcn_lesson.core.models import FCN
 from fcn_lesson.datasets.shapes import CLASSES, PALETTE
 from fcn_lesson.lessons.fusion import image_mean_iou
 from fcn_lesson.lessons.viz import colorize, to_numpy_image
-from fcn_lesson.widgets.png import encode_png, figure_png, show_png, static_bundle
+from fcn_lesson.widgets.base import Explorer
+from fcn_lesson.widgets.png import encode_png, figure_png, show_png
 
 __all__ = ["FusionExplorer", "FusionView"]
 
@@ -54,16 +55,19 @@ def _swatch(rgb) -> str:
             "border:1px solid #000;margin:0 4px 0 10px;vertical-align:middle'></span>")
 
 
-class FusionExplorer:
+class FusionExplorer(Explorer):
     """Pick an image and a class, set the pool4 and pool3 gains (0 = skip off, 1 = trained).
 
     Shows the image, its ground truth, the prediction re-fused with those gains (class
     colours as everywhere in the lesson, with a legend) and the chosen class's final score
     map, and reads out the image's mean IoU. `update()` recomputes from the controls' values
-    and returns a `FusionView`; moving a control calls it. Display with `display(explorer)`.
+    and returns a `FusionView` (kept as `.result`); moving a control calls it. Display with
+    `display(explorer)`.
 
     `dataset[i]` must give (image (3, H, W), mask (H, W)). The model is put in eval mode.
     """
+
+    what = "fusion explorer"
 
     def __init__(self, model: FCN, dataset, image_index: int = 0, class_index: int | None = None,
                  classes=CLASSES, palette=PALETTE, zoom: int = 2):
@@ -100,9 +104,7 @@ class FusionExplorer:
         self.legend = widgets.HTML("".join(_swatch(rgb) + name
                                            for name, rgb in zip(self.classes, colours, strict=True)))
         self.titles = {t: widgets.HTML(f"<b>{t}</b>") for t in titles}
-        self.update()
-        for control in (self.image_index, self.class_index, self.pool4_gain, self.pool3_gain):
-            control.observe(self._on_change, names="value")
+        self._start((self.image_index, self.class_index, self.pool4_gain, self.pool3_gain))
 
     @torch.no_grad()
     def _entry(self, index: int) -> dict:
@@ -151,11 +153,10 @@ class FusionExplorer:
             f"image {index}: mean IoU <b>{view.mean_iou:.3f}</b> with pool4 gain {pool4_gain:.1f}, "
             f"pool3 gain {pool3_gain:.1f} (trained net, gains 1: {view.trained_mean_iou:.3f}); "
             f"{100 * changed:.1f}% of the pixels change class")
-        self.view = view
         return view
 
-    def _on_change(self, _change) -> None:
-        self.update()
+    def render(self) -> None:
+        """Nothing to add: `update` has already put the four panels' PNGs in place."""
 
     def widget(self) -> widgets.Widget:
         controls = widgets.HBox([self.image_index, self.class_index])
@@ -166,7 +167,7 @@ class FusionExplorer:
     def static_png(self) -> bytes:
         """The four panels of the current view, with their titles, as one PNG: what a reader
         without a kernel sees in place of the widget."""
-        v = self.view
+        v = self.result
         entry = self._entry(v.image_index)
         image, mask = self.dataset[v.image_index]
         panels = {"image": to_numpy_image(image), "ground truth": colorize(mask, self.palette),
@@ -185,6 +186,3 @@ class FusionExplorer:
                         f"{v.pool3_gain:.1f}, mean IoU {v.mean_iou:.3f}", fontsize=11)
         figure.tight_layout()
         return figure_png(figure)
-
-    def _repr_mimebundle_(self, **kwargs) -> dict:
-        return static_bundle(self.widget(), self.static_png(), "fusion explorer")

@@ -16,7 +16,6 @@ Layers, in the order the network computes them:
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 from collections.abc import Mapping
 
@@ -31,7 +30,8 @@ from fcn_lesson.core.models import FCN, SCORE_MAPS
 from fcn_lesson.datasets.shapes import CLASSES
 from fcn_lesson.lessons.layers import capture_activations, channel_label, label_edges, map_stride
 from fcn_lesson.lessons.viz import to_numpy_image
-from fcn_lesson.widgets.png import encode_png, show_png, static_bundle
+from fcn_lesson.widgets.base import Explorer
+from fcn_lesson.widgets.png import encode_png, show_png
 
 __all__ = ["LayerExplorer"]
 
@@ -127,15 +127,17 @@ class _Artists:
         self.map_ax.set_title(title, fontsize=10)
 
 
-class LayerExplorer:
+class LayerExplorer(Explorer):
     """Sliders for the image, layer and channel (and a model menu when given several
     models); the chosen channel's activation is drawn over the image.
 
     `update()` reads the controls, redraws the figure's artists and returns the map shown,
-    (h, w) numpy; moving a control calls it and then `render()`, which puts the figure into
-    the `picture` widget. Activations are captured once per (model, image) and kept for the
+    (h, w) numpy (kept as `.result`); moving a control calls it and then `render()`, which puts
+    the figure into the `picture` widget. Activations are captured once per (model, image) and kept for the
     `cache_size` most recent ones. Display with `display(explorer)`.
     """
+
+    what = "layer explorer"
 
     def __init__(self, models: FCN | Mapping[str, FCN], dataset, *, layer: str = "conv1_1",
                  channel: int = 0, image: int = 0, cache_size: int = 8):
@@ -170,13 +172,7 @@ class LayerExplorer:
         FigureCanvasAgg(self.figure)
         self._artists = _Artists(self.figure)
         self._shown_image: tuple[str, int] | None = None
-        self._busy = False
-        self.shown = self.update()
-        self._artists.relayout()
-        self.render()
-        self.last_update_seconds = 0.0
-        for control in (self.model, self.image, self.layer, self.channel):
-            control.observe(self._on_change, names="value")
+        self._start((self.model, self.image, self.layer, self.channel))
 
     def activations(self, model: str, index: int) -> OrderedDict[str, torch.Tensor]:
         """Every layer's activation for image `index` under `model`, computed once and cached."""
@@ -199,17 +195,14 @@ class LayerExplorer:
         image, mask, activations = self._cached(model, index)
         names = list(activations)
         # A new model may lack the current layer, a new layer have fewer channels: adjusting
-        # the controls fires their observers, which `_busy` keeps out until this update ends.
-        self._busy = True
-        try:
+        # the controls fires their observers, which `quietly` keeps out until this update ends.
+        with self.quietly():
             if list(self.layer.options) != names:
                 keep = self.layer.value if self.layer.value in names else "score_fr"
                 self.layer.options = names
                 self.layer.value = keep
             channels = activations[self.layer.value].shape[0]
             self.channel.max = channels - 1
-        finally:
-            self._busy = False
         name, channel = self.layer.value, self.channel.value
         if self._shown_image != (model, index):
             self._artists.set_image(image, mask, f"image #{index}")
@@ -223,28 +216,19 @@ class LayerExplorer:
             f"<b>{name}</b> ({model}): {channels} channels of {h} x {w} cells, stride {stride} "
             f"(one cell per {stride} x {stride} pixels); this channel ranges "
             f"{values.min():.3g} to {values.max():.3g}.")
-        self.shown = values
         return values
+
+    def layout(self) -> None:
+        self._artists.relayout()
 
     def render(self) -> None:
         # Blitted Agg drawing instead of `savefig`'s full redraw: a slider move then takes a
         # few tens of milliseconds.
         show_png(self.picture, encode_png(self._artists.draw()))
 
-    def _on_change(self, _change) -> None:
-        if self._busy:
-            return
-        start = time.perf_counter()
-        self.update()
-        self.render()
-        self.last_update_seconds = time.perf_counter() - start
-
     def widget(self) -> widgets.Widget:
         controls = widgets.HBox([widgets.VBox([self.model, self.image]),
                                  widgets.VBox([self.layer, self.channel])])
         return widgets.VBox([controls, self.readout, self.picture])
-
-    def _repr_mimebundle_(self, **kwargs) -> dict:
-        return static_bundle(self.widget(), self.picture.value, "layer explorer")
 
 

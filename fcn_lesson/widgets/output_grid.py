@@ -22,12 +22,13 @@ from fcn_lesson.lessons.output_grid import (
     output_grid,
     sample_canvas,
 )
-from fcn_lesson.widgets.png import figure_png, show_png, static_bundle
+from fcn_lesson.widgets.base import Explorer
+from fcn_lesson.widgets.png import figure_png, show_png
 
 __all__ = ["OutputGridExplorer"]
 
 
-class OutputGridExplorer:
+class OutputGridExplorer(Explorer):
     """Input height/width sliders -> score map size; row/column sliders pick a cell whose
     224-pixel window and receptive field are drawn on the image.
 
@@ -35,6 +36,8 @@ class OutputGridExplorer:
     the `OutputGrid`; moving a control calls it, then `render()` redraws the picture in
     place. Display the explorer with `display(explorer)`.
     """
+
+    what = "output grid explorer"
 
     def __init__(self, height: int = 375, width: int = 500, row: int = 0, col: int = 0,
                  head: str = "convolutionalized VGG16"):
@@ -61,23 +64,15 @@ class OutputGridExplorer:
         self.figure = Figure(figsize=(11, 4.6), dpi=72)
         FigureCanvasAgg(self.figure)
         self._artists = GridArtists(self.figure, sample_canvas())
-        self._busy = False
-        self.result = self.update()
-        self.figure.tight_layout()
-        self.render()
-        for control in (self.height, self.width, self.row, self.col, self.head):
-            control.observe(self._on_change, names="value")
+        self._start((self.height, self.width, self.row, self.col, self.head))
 
     def update(self) -> OutputGrid:
         height, width, head = self.height.value, self.width.value, self.head.value
         h, w = output_grid(height, width, head=head).map_size
-        # Shrinking the map moves the cell sliders; `_busy` stops those moves from
+        # Shrinking the map moves the cell sliders; `quietly` stops those moves from
         # re-entering `update` halfway through this one.
-        self._busy = True
-        try:
+        with self.quietly():
             self.row.max, self.col.max = h - 1, w - 1
-        finally:
-            self._busy = False
         grid = output_grid(height, width, self.row.value, self.col.value, head)
         self._artists.set(grid)
         stage, (top, left, bottom, right) = grid.stage, grid.window
@@ -88,23 +83,16 @@ class OutputGridExplorer:
             f"rows {top}&ndash;{bottom - 1}, columns {left}&ndash;{right - 1}; receptive "
             f"field {stage.receptive_field} px: rows {rf[0]}&ndash;{rf[2] - 1}, columns "
             f"{rf[1]}&ndash;{rf[3] - 1} (beyond the image it sees zero padding).")
-        self.result = grid
         return grid
+
+    def layout(self) -> None:
+        self.figure.tight_layout()
 
     def render(self) -> None:
         show_png(self.picture, figure_png(self.figure))
-
-    def _on_change(self, _change) -> None:
-        if self._busy:
-            return
-        self.update()
-        self.render()
 
     def widget(self) -> widgets.Widget:
         sizes = widgets.VBox([self.height, self.width])
         cell = widgets.VBox([self.row, self.col])
         return widgets.VBox([widgets.HBox([sizes, cell]), self.head, self.readout,
                              self.picture])
-
-    def _repr_mimebundle_(self, **kwargs) -> dict:
-        return static_bundle(self.widget(), self.picture.value, "output grid explorer")

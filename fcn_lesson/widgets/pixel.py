@@ -8,7 +8,6 @@ column move only redoes `explain_from_maps` on the cached score maps and redraws
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,7 +27,8 @@ from fcn_lesson.lessons.explain import (
     plot_pixel_explanation,
     score_maps,
 )
-from fcn_lesson.widgets.png import figure_png, show_png, static_bundle
+from fcn_lesson.widgets.base import Explorer
+from fcn_lesson.widgets.png import figure_png, show_png
 
 __all__ = ["PixelExplorer", "PixelView"]
 
@@ -44,14 +44,16 @@ class PixelView:
     truth: int  # the ground-truth class at the pixel
 
 
-class PixelExplorer:
+class PixelExplorer(Explorer):
     """A model menu (when given several), image, row and column sliders; the figure explains
     the chosen pixel's prediction stream by stream.
 
-    `update()` reads the controls, redraws the figure and returns a `PixelView` (also kept as
+    `update()` reads the controls, redraws the figure and returns a `PixelView` (kept as
     `.result`); moving a control calls it, then `render()` puts the figure into `picture`.
     `dataset[i]` must give (image (3, H, W), mask (H, W)). Display with `display(explorer)`.
     """
+
+    what = "pixel explorer"
 
     def __init__(self, models: FCN | Mapping[str, FCN], dataset, *, image: int = 0,
                  row: int | None = None, col: int | None = None, classes=CLASSES,
@@ -85,12 +87,7 @@ class PixelExplorer:
         self.picture = widgets.Image(format="png")
         self.figure = Figure(figsize=(13.5, 3.9), dpi=72, layout="constrained")
         FigureCanvasAgg(self.figure)
-        self._busy = False
-        self.last_update_seconds = 0.0
-        self.result = self.update()
-        self.render()
-        for control in (self.model, self.image, self.row, self.col):
-            control.observe(self._on_change, names="value")
+        self._start((self.model, self.image, self.row, self.col))
 
     @torch.no_grad()
     def _entry(self, name: str, index: int) -> dict:
@@ -119,12 +116,9 @@ class PixelExplorer:
         entry = self._entry(name, index)
         height, width = entry["size"]
         # A new image may be smaller: shrinking the sliders fires their observers, which
-        # `_busy` keeps out until this update ends.
-        self._busy = True
-        try:
+        # `quietly` keeps out until this update ends.
+        with self.quietly():
             self.row.max, self.col.max = height - 1, width - 1
-        finally:
-            self._busy = False
         row, col = self.row.value, self.col.value
         e = explain_from_maps(self.models[name], entry["maps"], height, width, row, col,
                               entry["stages"])
@@ -137,8 +131,7 @@ class PixelExplorer:
         self.readout.value = (
             f"<b>{name}, image {index}, pixel ({row}, {col})</b>: predicts "
             f"<b>{self._name(e.prediction)}</b>, {verdict}. {sentence}. Feeding cells: {cells}.")
-        self.result = PixelView(name, index, e, sentence, truth)
-        return self.result
+        return PixelView(name, index, e, sentence, truth)
 
     def _name(self, k: int) -> str:
         return self.classes[k] if 0 <= k < len(self.classes) else f"label {k}"
@@ -146,18 +139,7 @@ class PixelExplorer:
     def render(self) -> None:
         show_png(self.picture, figure_png(self.figure))
 
-    def _on_change(self, _change) -> None:
-        if self._busy:
-            return
-        start = time.perf_counter()
-        self.update()
-        self.render()
-        self.last_update_seconds = time.perf_counter() - start
-
     def widget(self) -> widgets.Widget:
         controls = widgets.HBox([widgets.VBox([self.model, self.image]),
                                  widgets.VBox([self.row, self.col])])
         return widgets.VBox([controls, self.readout, self.picture])
-
-    def _repr_mimebundle_(self, **kwargs) -> dict:
-        return static_bundle(self.widget(), self.picture.value, "pixel explorer")

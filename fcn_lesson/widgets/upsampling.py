@@ -23,12 +23,13 @@ from fcn_lesson.lessons.upsampling import (
     compare_upsampling,
     pattern_image,
 )
-from fcn_lesson.widgets.png import figure_png, show_png, static_bundle
+from fcn_lesson.widgets.base import Explorer
+from fcn_lesson.widgets.png import figure_png, show_png
 
 __all__ = ["UpsamplingExplorer"]
 
 
-class UpsamplingExplorer:
+class UpsamplingExplorer(Explorer):
     """Sliders for the factor and kernel size, a kernel kind, and four images: the kernel,
     the transposed convolution of a test pattern, `F.interpolate` of it, and their difference.
 
@@ -36,6 +37,8 @@ class UpsamplingExplorer:
     the `UpsamplingResult`; moving a control calls it, then `render()` redraws the picture in
     place (a PNG in an `ipywidgets.Image`). Display the explorer with `display(explorer)`.
     """
+
+    what = "upsampling explorer"
 
     def __init__(self, factor: int = 2, kernel_size: int = 4, kind: str = "bilinear",
                  pattern_size: int = 12):
@@ -64,11 +67,7 @@ class UpsamplingExplorer:
             ax.yaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
         self.figure.colorbar(self._images[0], ax=axes[0], fraction=0.046)
         self.figure.colorbar(self._images[3], ax=axes[3], fraction=0.046)
-        self.result = self.update()
-        self.figure.tight_layout()
-        self.render()
-        for control in (self.factor, self.kernel_size, self.kind):
-            control.observe(self._on_change, names="value")
+        self._start((self.factor, self.kernel_size, self.kind))
 
     def update(self) -> UpsamplingResult:
         r = compare_upsampling(self.image, self.factor.value, self.kernel_size.value,
@@ -98,19 +97,14 @@ class UpsamplingExplorer:
         self.readout.value = (
             f"<b>k = {r.kernel_size}, s = {r.factor}, {r.kind}{fcn}</b>: {r.verdict}.<br>"
             f"{compared}; checkerboard variance {r.checkerboard_var:.3g}; shift {r.shift:g} px.")
-        self.result = r
         return r
+
+    def layout(self) -> None:
+        self.figure.tight_layout()
 
     def render(self) -> None:
         show_png(self.picture, figure_png(self.figure))
 
-    def _on_change(self, _change) -> None:
-        self.update()
-        self.render()
-
     def widget(self) -> widgets.Widget:
         controls = widgets.HBox([self.factor, self.kernel_size, self.kind])
         return widgets.VBox([controls, self.readout, self.picture])
-
-    def _repr_mimebundle_(self, **kwargs) -> dict:
-        return static_bundle(self.widget(), self.picture.value, "upsampling explorer")

@@ -50,7 +50,7 @@ def _decoded(png: bytes, zoom: int) -> np.ndarray:
 def test_all_gains_one_is_the_models_own_prediction(explorer, data):
     for i in range(len(data)):
         explorer.image_index.value = i
-        view = explorer.view
+        view = explorer.result
         with torch.no_grad():
             logits = explorer.model(data[i][0][None])[0]
         assert (view.pool4_gain, view.pool3_gain) == (1.0, 1.0)
@@ -63,10 +63,10 @@ def test_all_gains_one_is_the_models_own_prediction(explorer, data):
 def test_gains_refuse_the_cached_maps(explorer, data, pool4_gain, pool3_gain):
     explorer.image_index.value = 2
     explorer.class_index.value = 4
-    trained = explorer.view.prediction
+    trained = explorer.result.prediction
     explorer.pool4_gain.value = pool4_gain
     explorer.pool3_gain.value = pool3_gain
-    view = explorer.view
+    view = explorer.result
     image, mask = data[2]
     scores = _expected(explorer.model, image, pool4_gain, pool3_gain)
     assert (view.image_index, view.class_index, view.pool4_gain, view.pool3_gain) == (
@@ -87,7 +87,7 @@ def test_mean_iou_readout_follows_the_gains(explorer):
     shown = {}
     for gain in (1.0, 0.0):
         explorer.pool4_gain.value = explorer.pool3_gain.value = gain
-        shown[gain] = (explorer.view.mean_iou, explorer.readout.value)
+        shown[gain] = (explorer.result.mean_iou, explorer.readout.value)
     assert shown[1.0][0] != shown[0.0][0]
     assert shown[1.0][1] != shown[0.0][1]
     assert f"{shown[0.0][0]:.3f}" in shown[0.0][1]
@@ -95,9 +95,9 @@ def test_mean_iou_readout_follows_the_gains(explorer):
 
 def test_class_changes_the_score_map_not_the_prediction(explorer):
     explorer.pool3_gain.value = 0.0
-    first = explorer.view
+    first = explorer.result
     explorer.class_index.value = (first.class_index + 1) % K
-    second = explorer.view
+    second = explorer.result
     assert torch.equal(first.prediction, second.prediction)
     assert not torch.equal(first.class_score, second.class_score)
     assert CLASSES[second.class_index] in explorer.titles["class score"].value
@@ -105,13 +105,13 @@ def test_class_changes_the_score_map_not_the_prediction(explorer):
 
 def test_score_colours_use_a_fixed_per_image_scale(explorer):
     explorer.class_index.value = 3
-    trained = explorer.view
+    trained = explorer.result
     assert trained.score_limit == pytest.approx(trained.class_score.abs().max().item())
     explorer.pool4_gain.value = 2.0
-    assert explorer.view.score_limit == trained.score_limit  # the scale does not follow the sliders
+    assert explorer.result.score_limit == trained.score_limit  # the scale does not follow the sliders
     shown = _decoded(explorer.views["class score"].value, explorer.zoom).astype(int)
-    white = np.unravel_index(explorer.view.class_score.abs().argmin().item(), shown.shape[:2])
-    strongest = np.unravel_index(explorer.view.class_score.abs().argmax().item(), shown.shape[:2])
+    white = np.unravel_index(explorer.result.class_score.abs().argmin().item(), shown.shape[:2])
+    strongest = np.unravel_index(explorer.result.class_score.abs().argmax().item(), shown.shape[:2])
     assert (shown[white] > 220).all()  # near zero: white
     assert shown[strongest].max() - shown[strongest].min() > 100  # saturated red or blue
 
@@ -140,7 +140,7 @@ def test_fcn16s_has_no_pool3_control(data):
     assert explorer.pool3_gain.disabled and not explorer.pool4_gain.disabled
     explorer.pool4_gain.value = 0.0
     image, _ = data[3]
-    assert torch.equal(explorer.view.prediction, _expected(explorer.model, image, 0.0, 1.0).argmax(0))
+    assert torch.equal(explorer.result.prediction, _expected(explorer.model, image, 0.0, 1.0).argmax(0))
 
 
 def test_default_class_is_an_object_in_the_first_image(data):

@@ -98,14 +98,14 @@ def test_setting_controls_shows_the_hooked_output_of_that_channel(data, models):
         explorer.layer.value = layer
         explorer.channel.value = channel
         expected = _hooked(model, layer_modules(model)[layer], data[image][0])[channel]
-        np.testing.assert_allclose(explorer.shown, expected.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(explorer.result, expected.numpy(), rtol=1e-5, atol=1e-6)
         # ... and the figure draws exactly that array
-        np.testing.assert_array_equal(np.asarray(explorer._artists.map.get_array()), explorer.shown)
+        np.testing.assert_array_equal(np.asarray(explorer._artists.map.get_array()), explorer.result)
         assert layer in explorer._artists.map_ax.get_title()
         assert f"channel {channel} of" in explorer._artists.map_ax.get_title()
     explorer.layer.value = "score_fr"
     explorer.channel.value = 2
-    np.testing.assert_allclose(explorer.shown, model.forward_maps(data[0][0][None])["score_fr"][0, 2]
+    np.testing.assert_allclose(explorer.result, model.forward_maps(data[0][0][None])["score_fr"][0, 2]
                                .detach().numpy(), rtol=1e-5, atol=1e-6)
     assert "class 2 (ring)" in explorer._artists.map_ax.get_title()
     assert explorer.picture.value[:8] == b"\x89PNG\r\n\x1a\n"
@@ -117,7 +117,7 @@ def test_map_cells_cover_the_pixels_they_were_computed_from():
     data = ShapesDataset(1, (100, 150), seed=2)
     explorer = LayerExplorer(_model("fcn32s"), data, layer="pool5")
     artists = explorer._artists
-    assert explorer.shown.shape == (4, 5)
+    assert explorer.result.shape == (4, 5)
     assert artists.map.get_extent() == [-0.5, 159.5, 127.5, -0.5]
     assert artists.map_ax.get_xlim() == (-0.5, 149.5)
     assert artists.map_ax.get_ylim() == (99.5, -0.5)
@@ -138,7 +138,7 @@ def test_channel_slider_follows_the_layer_and_model_menu_keeps_valid_layers(data
     assert "fuse_pool3" in explorer.layer.options and explorer.layer.value == "score_fr"
     explorer.layer.value = "fuse_pool3"
     np.testing.assert_allclose(
-        explorer.shown, models["fcn8s"].forward_maps(data[0][0][None])["fuse_pool3"][0, 5]
+        explorer.result, models["fcn8s"].forward_maps(data[0][0][None])["fuse_pool3"][0, 5]
         .detach().numpy(), rtol=1e-5, atol=1e-6)
     explorer.model.value = "fcn32s"  # has no fuse_pool3: falls back to its score layer
     assert explorer.layer.value == "score_fr"

@@ -1,0 +1,77 @@
+"""What every explorer shares: controls -> `update()` -> `result` -> `render()`.
+
+A subclass builds its controls and its picture, then calls `_start(controls)`. Its `update()`
+computes from the controls' values (on cached data: a slider move never reruns a backbone),
+moves its figure's artists and returns the result, which the base keeps as `.result` (the one
+name tests and notebooks read). `render()` puts the new picture on screen. `widget()` lays the
+controls out; the MIME bundle shows that live widget where a kernel runs and a PNG of the
+current view everywhere else (GitHub, nbviewer), so a notebook reads without a kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import ipywidgets as widgets
+
+from fcn_lesson.widgets.png import static_bundle
+
+
+class Explorer:
+    """The base of the lesson's explorers (see the module docstring)."""
+
+    #: what the static picture stands for, in its text/plain fallback
+    what = "explorer"
+    result = None
+    #: seconds the last control change took to update and render (the notebooks' speed checks)
+    last_update_seconds = 0.0
+    _busy = False
+
+    def update(self):
+        """Compute from the controls' values, move the figure's artists, return the result."""
+        raise NotImplementedError
+
+    def render(self) -> None:
+        """Show the picture the last `update` prepared."""
+        raise NotImplementedError
+
+    def widget(self) -> widgets.Widget:
+        """The controls and the picture, laid out."""
+        raise NotImplementedError
+
+    def static_png(self) -> bytes:
+        """The current view as PNG bytes (the picture widget's value, by default)."""
+        return self.picture.value
+
+    def layout(self) -> None:
+        """Fit the figure's layout once, after the first update (nothing by default)."""
+
+    def _start(self, controls) -> None:
+        """The first view, then watch `controls`: every change updates and redraws."""
+        self.result = self.update()
+        self.layout()
+        self.render()
+        for control in controls:
+            control.observe(self._on_change, names="value")
+
+    @contextlib.contextmanager
+    def quietly(self):
+        """Move controls from inside `update` (e.g. narrowing a slider's range) without their
+        observers re-entering `update` halfway through."""
+        busy, self._busy = self._busy, True
+        try:
+            yield
+        finally:
+            self._busy = busy
+
+    def _on_change(self, _change) -> None:
+        if self._busy:
+            return
+        start = time.perf_counter()
+        self.result = self.update()
+        self.render()
+        self.last_update_seconds = time.perf_counter() - start
+
+    def _repr_mimebundle_(self, **kwargs) -> dict:
+        return static_bundle(self.widget(), self.static_png(), self.what)
