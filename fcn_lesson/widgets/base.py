@@ -18,6 +18,23 @@ import ipywidgets as widgets
 from fcn_lesson.widgets.png import static_bundle
 
 
+def check_models_and_dataset(models, dataset, image: int) -> dict:
+    """`models` as a dict name -> FCN (one FCN becomes {its variant: it}), after checking that
+    `dataset` has images and that `image` is one of them: what the explorers of trained models
+    (layers, pixel) take."""
+    from fcn_lesson.core.models import FCN
+
+    if isinstance(models, FCN):
+        models = {models.variant: models}
+    if not models or not all(isinstance(m, FCN) for m in models.values()):
+        raise TypeError("models must be an FCN or a non-empty dict of name -> FCN")
+    if len(dataset) == 0:
+        raise ValueError("the dataset is empty: nothing to explore")
+    if not 0 <= image < len(dataset):
+        raise ValueError(f"image must be in [0, {len(dataset) - 1}], got {image}")
+    return dict(models)
+
+
 class Explorer:
     """The base of the lesson's explorers (see the module docstring)."""
 

@@ -30,7 +30,7 @@ from fcn_lesson.core.models import FCN, SCORE_MAPS
 from fcn_lesson.datasets.shapes import CLASSES
 from fcn_lesson.lessons.layers import capture_activations, channel_label, label_edges, map_stride
 from fcn_lesson.lessons.viz import to_numpy_image
-from fcn_lesson.widgets.base import Explorer
+from fcn_lesson.widgets.base import Explorer, check_models_and_dataset
 from fcn_lesson.widgets.png import encode_png, show_png
 
 __all__ = ["LayerExplorer"]
@@ -141,16 +141,9 @@ class LayerExplorer(Explorer):
 
     def __init__(self, models: FCN | Mapping[str, FCN], dataset, *, layer: str = "conv1_1",
                  channel: int = 0, image: int = 0, cache_size: int = 8):
-        if isinstance(models, FCN):
-            models = {models.variant: models}
-        if not models or not all(isinstance(m, FCN) for m in models.values()):
-            raise TypeError("models must be an FCN or a non-empty dict of name -> FCN")
-        if len(dataset) == 0:
-            raise ValueError("the dataset is empty: nothing to explore")
+        models = check_models_and_dataset(models, dataset, image)
         if cache_size < 1:
             raise ValueError(f"cache_size must be >= 1, got {cache_size}")
-        if not 0 <= image < len(dataset):
-            raise ValueError(f"image must be in [0, {len(dataset) - 1}], got {image}")
         self.models, self.dataset, self.cache_size = dict(models), dataset, cache_size
         self.classes = getattr(dataset, "classes", CLASSES)
         self._cache: OrderedDict[tuple[str, int], tuple] = OrderedDict()

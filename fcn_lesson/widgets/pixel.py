@@ -27,7 +27,7 @@ from fcn_lesson.lessons.explain import (
     plot_pixel_explanation,
     score_maps,
 )
-from fcn_lesson.widgets.base import Explorer
+from fcn_lesson.widgets.base import Explorer, check_models_and_dataset
 from fcn_lesson.widgets.png import figure_png, show_png
 
 __all__ = ["PixelExplorer", "PixelView"]
@@ -58,14 +58,7 @@ class PixelExplorer(Explorer):
     def __init__(self, models: FCN | Mapping[str, FCN], dataset, *, image: int = 0,
                  row: int | None = None, col: int | None = None, classes=CLASSES,
                  palette=PALETTE, cache_size: int = 8):
-        if isinstance(models, FCN):
-            models = {models.variant: models}
-        if not models or not all(isinstance(m, FCN) for m in models.values()):
-            raise TypeError("models must be an FCN or a non-empty dict of name -> FCN")
-        if len(dataset) == 0:
-            raise ValueError("the dataset is empty: nothing to explore")
-        if not 0 <= image < len(dataset):
-            raise ValueError(f"image must be in [0, {len(dataset) - 1}], got {image}")
+        models = check_models_and_dataset(models, dataset, image)
         if any(m.num_classes != len(classes) for m in models.values()):
             raise ValueError(f"{len(classes)} class names for models with "
                              f"{sorted({m.num_classes for m in models.values()})} classes")
