@@ -251,6 +251,50 @@ def _draw_photo_style(srng: np.random.Generator) -> PhotoStyle:
                       objects=int(srng.integers(1, 7)))
 
 
+def _place(rng: np.random.Generator, label: int, h: int, w: int, scale: float,
+           instances: np.ndarray, objects: list[dict]):
+    """Up to _MAX_TRIES random placements of one `label` shape; the first one that leaves every
+    earlier object at least _MIN_VISIBLE of its pixels, or None. Returns its geometry, its
+    signed distance field `d` over its bounding box (y0, y1, x0, x1) and what it hides."""
+    for _attempt in range(_MAX_TRIES):
+        extent, thick, angle, (cy, cx), (ey, ex) = _sample_geometry(rng, label, h, w, scale)
+        y0, y1 = max(int(math.floor(cy - ey)) - 1, 0), min(int(math.ceil(cy + ey)) + 2, h)
+        x0, x1 = max(int(math.floor(cx - ex)) - 1, 0), min(int(math.ceil(cx + ex)) + 2, w)
+        dy = np.arange(y0, y1, dtype=np.float32)[:, None] - np.float32(cy)
+        dx = np.arange(x0, x1, dtype=np.float32)[None, :] - np.float32(cx)
+        ca, sa = np.float32(math.cos(angle)), np.float32(math.sin(angle))
+        u = dx * ca + dy * sa
+        v = dy * ca - dx * sa
+        d = _sdf(label, u, v, extent, thick)
+        inside = d <= 0
+        area = int(inside.sum())
+        if area == 0:
+            continue
+        hidden = np.bincount(instances[y0:y1, x0:x1][inside], minlength=len(objects) + 1)
+        if objects:
+            visible = np.array([o["visible"] for o in objects])
+            keep = visible - hidden[1:]
+            full = np.array([o["area"] for o in objects])
+            if np.any(keep < _MIN_VISIBLE * full):
+                continue
+        return extent, thick, angle, (cy, cx), (y0, y1, x0, x1), u, d, inside, area, hidden
+    return None
+
+
+def _contrasting_colour(rng: np.random.Generator, refs: list, grey: bool) -> np.ndarray:
+    """A random colour, independent of the class, far enough from every colour in `refs` (what
+    lies beneath): in luminance for a greyscale image, in RGB otherwise."""
+    cands = rng.random((_COLOUR_CANDIDATES, 3)).astype(np.float32)
+    if grey:  # contrast in luminance, the only thing left to see
+        cands = np.repeat((cands @ _LUMA)[:, None], 3, axis=1)
+        dist = np.abs(cands[:, :1] - (np.asarray(refs) @ _LUMA)[None, :]).min(1)
+        ok = np.flatnonzero(dist >= 0.2)
+    else:
+        dist = np.linalg.norm(cands[:, None, :] - np.asarray(refs)[None, :, :], axis=2).min(1)
+        ok = np.flatnonzero(dist >= _MIN_CONTRAST)
+    return cands[ok[0]] if ok.size else cands[int(dist.argmax())]
+
+
 def render_shapes(rng: np.random.Generator, height: int, width: int,
                   style: PhotoStyle | None = None,
                   style_rng: np.random.Generator | None = None) -> ShapeSample:
@@ -281,30 +325,7 @@ def render_shapes(rng: np.random.Generator, height: int, width: int,
         n_objects = style.objects
     for _ in range(n_objects):
         label = int(rng.integers(1, len(CLASSES)))
-        placed = None
-        for _attempt in range(_MAX_TRIES):
-            extent, thick, angle, (cy, cx), (ey, ex) = _sample_geometry(rng, label, h, w, scale)
-            y0, y1 = max(int(math.floor(cy - ey)) - 1, 0), min(int(math.ceil(cy + ey)) + 2, h)
-            x0, x1 = max(int(math.floor(cx - ex)) - 1, 0), min(int(math.ceil(cx + ex)) + 2, w)
-            dy = np.arange(y0, y1, dtype=np.float32)[:, None] - np.float32(cy)
-            dx = np.arange(x0, x1, dtype=np.float32)[None, :] - np.float32(cx)
-            ca, sa = np.float32(math.cos(angle)), np.float32(math.sin(angle))
-            u = dx * ca + dy * sa
-            v = dy * ca - dx * sa
-            d = _sdf(label, u, v, extent, thick)
-            inside = d <= 0
-            area = int(inside.sum())
-            if area == 0:
-                continue
-            hidden = np.bincount(instances[y0:y1, x0:x1][inside], minlength=len(objects) + 1)
-            if objects:
-                visible = np.array([o["visible"] for o in objects])
-                keep = visible - hidden[1:]
-                full = np.array([o["area"] for o in objects])
-                if np.any(keep < _MIN_VISIBLE * full):
-                    continue
-            placed = (extent, thick, angle, (cy, cx), (y0, y1, x0, x1), u, d, inside, area, hidden)
-            break
+        placed = _place(rng, label, h, w, scale, instances, objects)
         if placed is None:
             continue  # too crowded: skip this object (never the first one)
         extent, thick, angle, centre, (y0, y1, x0, x1), u, d, inside, area, hidden = placed
@@ -312,15 +333,7 @@ def render_shapes(rng: np.random.Generator, height: int, width: int,
         # Colour: random, independent of the class, far enough from what lies beneath.
         refs = [background[y0:y1, x0:x1][inside].mean(axis=0)]
         refs += [objects[j]["colour"] for j in np.flatnonzero(hidden[1:])]
-        cands = rng.random((_COLOUR_CANDIDATES, 3)).astype(np.float32)
-        if grey:  # contrast in luminance, the only thing left to see
-            cands = np.repeat((cands @ _LUMA)[:, None], 3, axis=1)
-            dist = np.abs(cands[:, :1] - (np.asarray(refs) @ _LUMA)[None, :]).min(1)
-            ok = np.flatnonzero(dist >= 0.2)
-        else:
-            dist = np.linalg.norm(cands[:, None, :] - np.asarray(refs)[None, :, :], axis=2).min(1)
-            ok = np.flatnonzero(dist >= _MIN_CONTRAST)
-        colour = cands[ok[0]] if ok.size else cands[int(dist.argmax())]
+        colour = _contrasting_colour(rng, refs, grey)
 
         # A gentle shading gradient across the object, then anti-aliased compositing.
         shade = np.float32(rng.uniform(-0.08, 0.08)) * u / np.float32(max(extent / 2, 1.0))
