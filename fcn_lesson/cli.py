@@ -415,15 +415,8 @@ def _voc_arguments(p: argparse.ArgumentParser, download: bool = False) -> argpar
     return g
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m fcn_lesson", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Train, evaluate and run the lesson's FCNs: classroom shapes data by default, "
-                    "PASCAL VOC with --dataset voc. Every command also runs under "
-                    "torchrun --nproc_per_node=N.",
-        epilog=EPILOG)
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_train(sub) -> None:
+    """`train`: an FCN, from scratch, ImageNet, the classroom classifier or a coarser FCN."""
     t = sub.add_parser("train", formatter_class=_HelpFormatter,
                        help="train an FCN and save a checkpoint",
                        description="Train an FCN and save a checkpoint (written atomically; loads back "
@@ -481,6 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random scale range before cropping")
     t.set_defaults(func=_train)
 
+
+def _add_train_classifier(sub) -> None:
+    """`train-classifier`: the classroom classifier, on image-level labels."""
     c = sub.add_parser("train-classifier", formatter_class=_HelpFormatter,
                        help="train the classroom classifier on image-level labels",
                        description="Train the classroom classifier (VGG16 at classroom width with VGG's "
@@ -507,6 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     c.set_defaults(func=_train_classifier)
 
+
+def _add_transfer_experiment(sub) -> None:
+    """`transfer-experiment`: scratch vs transplant vs frozen features."""
     x = sub.add_parser("transfer-experiment", formatter_class=_HelpFormatter,
                        help="scratch vs transplant + fine-tune vs frozen features (FCN-32s)",
                        description="FCN-32s three ways at equal training steps, over several numbers of "
@@ -524,6 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--seed", type=int, default=classroom.TRAIN_SEED)
     x.set_defaults(func=_transfer_experiment)
 
+
+def _add_evaluate_and_predict(sub) -> None:
+    """`evaluate` and `predict`, which share how a model is chosen."""
     for name, func, text in (("evaluate", _evaluate, "score a checkpoint on fresh shapes images or VOC"),
                              ("predict", _predict, "write a coloured mask PNG for an image file")):
         p = sub.add_parser(name, formatter_class=_HelpFormatter, help=text,
@@ -549,6 +551,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
         p.set_defaults(func=func)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m fcn_lesson", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train, evaluate and run the lesson's FCNs: classroom shapes data by default, "
+                    "PASCAL VOC with --dataset voc. Every command also runs under "
+                    "torchrun --nproc_per_node=N.",
+        epilog=EPILOG)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    for add in (_add_train, _add_train_classifier, _add_transfer_experiment, _add_evaluate_and_predict):
+        add(sub)
     return parser
 
 
