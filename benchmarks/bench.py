@@ -25,7 +25,9 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
 from multiprocessing import get_context
@@ -43,7 +45,6 @@ from fcn_lesson.engine.metrics import IGNORE_INDEX
 from fcn_lesson.lessons.compare import LABELS
 from fcn_lesson.lessons.tables import format_table
 
-PARTS = ("notebooks", "latency", "widgets", "train", "memory")
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 BATCHES = (1, 16)
 
@@ -496,6 +497,69 @@ def _rows(rows, keys, headers=None) -> str:
                         headers=headers)
 
 
+def _report_notebooks(results: dict) -> list[str]:
+    out = []
+    nb = results["notebooks"]
+    out += ["", "1. Notebooks, top to bottom (kernel start not included)",
+            _rows(nb["rows"], ("notebook", "seconds", "slowest_cell", "slowest_cell_seconds",
+                               "kernel_start_seconds", "peak_rss_mb"),
+                  {"slowest_cell": "slowest cell", "slowest_cell_seconds": "its s",
+                   "kernel_start_seconds": "kernel start s", "peak_rss_mb": "peak RSS MB"}),
+            f"total: {nb['total_seconds']} s"]
+    out += [f"  {r['notebook']} FAILED: {r['error']}" for r in nb["rows"] if r["error"]]
+    return out
+
+
+def _report_latency(results: dict) -> list[str]:
+    out = []
+    lat = results["latency"]
+    out += ["", f"2. CPU inference, ms per image (median of {lat['repeat']} runs each, taking turns, "
+                f"{lat['threads']} threads); ratio = naive / ours",
+            _rows(lat["rows"], ("variant", "size", "batch", "ours_ms", "naive_ms", "ratio",
+                                "ours_gflop_per_s", "ours_page_faults"),
+                  {"ours_ms": "ours ms", "naive_ms": "naive ms", "ours_gflop_per_s": "ours GFLOP/s",
+                   "ours_page_faults": "page faults/call"})]
+    return out
+
+
+def _report_widgets(results: dict) -> list[str]:
+    out = []
+    w = results["widgets"]
+    out += ["", f"3. Widget callback latency, ms ({w['weights']} classroom models)",
+            _rows(w["rows"], ("widget", "control", "median_ms", "p95_ms", "samples"),
+                  {"median_ms": "median ms", "p95_ms": "p95 ms"})]
+    return out
+
+
+def _report_train(results: dict) -> list[str]:
+    out = []
+    t = results["train"]
+    out += ["", "4. Training throughput",
+            _rows(t["cpu"]["rows"], ("device", "model", "precision", "size", "batch", "images_per_s",
+                                     "tflop_per_s"), {"images_per_s": "images/s",
+                                                      "tflop_per_s": "TFLOP/s"})]
+    g = t["gpu"]
+    if "skipped" in g:
+        out.append(f"GPU: skipped, {g['skipped']}")
+    else:
+        peak = f"{g['peak_bf16_tflops']:g} TFLOP/s" if g["peak_bf16_tflops"] else "unknown"
+        out += [f"GPU {g['device']}, dense bf16 peak {peak}; {g['flop_per_step'] / 1e12:.2f} "
+                "TFLOP per step (forward + backward)",
+                _rows(g["rows"], ("precision", "batch", "images_per_s", "speedup_vs_fp32", "tflop_per_s",
+                                  "share_of_peak", "peak_memory_mb", "first_step_s"),
+                      {"images_per_s": "images/s", "speedup_vs_fp32": "x fp32", "tflop_per_s": "TFLOP/s",
+                       "share_of_peak": "of peak", "peak_memory_mb": "peak MB",
+                       "first_step_s": "1st step s"})]
+    return out
+
+
+def _report_memory(results: dict) -> list[str]:
+    out = []
+    out += ["", "5. Peak memory (each workload in a fresh process)",
+            _rows(results["memory"]["rows"], ("workload", "peak_rss_mb"), {"peak_rss_mb": "peak RSS MB"})]
+    return out
+
+
 def report(results: dict) -> str:
     """The tables as text."""
     m = results["machine"]
@@ -506,60 +570,114 @@ def report(results: dict) -> str:
     if m.get("load_average_1min", 0) >= BUSY_LOAD:
         out.append("WARNING: other programs were using the CPU when this run started; they slow these "
                    "numbers down and make them noisy. Close them and run again for numbers to publish.")
-    if "notebooks" in results:
-        nb = results["notebooks"]
-        out += ["", "1. Notebooks, top to bottom (kernel start not included)",
-                _rows(nb["rows"], ("notebook", "seconds", "slowest_cell", "slowest_cell_seconds",
-                                   "kernel_start_seconds", "peak_rss_mb"),
-                      {"slowest_cell": "slowest cell", "slowest_cell_seconds": "its s",
-                       "kernel_start_seconds": "kernel start s", "peak_rss_mb": "peak RSS MB"}),
-                f"total: {nb['total_seconds']} s"]
-        out += [f"  {r['notebook']} FAILED: {r['error']}" for r in nb["rows"] if r["error"]]
-    if "latency" in results:
-        lat = results["latency"]
-        out += ["", f"2. CPU inference, ms per image (median of {lat['repeat']} runs each, taking turns, "
-                    f"{lat['threads']} threads); ratio = naive / ours",
-                _rows(lat["rows"], ("variant", "size", "batch", "ours_ms", "naive_ms", "ratio",
-                                    "ours_gflop_per_s", "ours_page_faults"),
-                      {"ours_ms": "ours ms", "naive_ms": "naive ms", "ours_gflop_per_s": "ours GFLOP/s",
-                       "ours_page_faults": "page faults/call"})]
-    if "widgets" in results:
-        w = results["widgets"]
-        out += ["", f"3. Widget callback latency, ms ({w['weights']} classroom models)",
-                _rows(w["rows"], ("widget", "control", "median_ms", "p95_ms", "samples"),
-                      {"median_ms": "median ms", "p95_ms": "p95 ms"})]
-    if "train" in results:
-        t = results["train"]
-        out += ["", "4. Training throughput",
-                _rows(t["cpu"]["rows"], ("device", "model", "precision", "size", "batch", "images_per_s",
-                                         "tflop_per_s"), {"images_per_s": "images/s",
-                                                          "tflop_per_s": "TFLOP/s"})]
-        g = t["gpu"]
-        if "skipped" in g:
-            out.append(f"GPU: skipped, {g['skipped']}")
-        else:
-            peak = f"{g['peak_bf16_tflops']:g} TFLOP/s" if g["peak_bf16_tflops"] else "unknown"
-            out += [f"GPU {g['device']}, dense bf16 peak {peak}; {g['flop_per_step'] / 1e12:.2f} "
-                    "TFLOP per step (forward + backward)",
-                    _rows(g["rows"], ("precision", "batch", "images_per_s", "speedup_vs_fp32", "tflop_per_s",
-                                      "share_of_peak", "peak_memory_mb", "first_step_s"),
-                          {"images_per_s": "images/s", "speedup_vs_fp32": "x fp32", "tflop_per_s": "TFLOP/s",
-                           "share_of_peak": "of peak", "peak_memory_mb": "peak MB",
-                           "first_step_s": "1st step s"})]
-    if "memory" in results:
-        out += ["", "5. Peak memory (each workload in a fresh process)",
-                _rows(results["memory"]["rows"], ("workload", "peak_rss_mb"), {"peak_rss_mb": "peak RSS MB"})]
+    for name, part in PARTS.items():
+        if name in results:
+            out += part.report(results)
     if results.get("targets"):
         out += ["", "Targets", _rows([{**r, "met": "yes" if r["met"] else "NO"} for r in results["targets"]],
                                      ("target", "value", "limit", "met"))]
     return "\n".join(out)
 
 
+def _log_x(ax, values):
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    # Only for ranges that need it (128 vs 512 px, CPU vs GPU); plain numbers on the ticks.
+    if max(values) > 20 * min(values) > 0:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _plot_notebooks(ax, results: dict) -> None:
+    r = results["notebooks"]["rows"]
+    ax.barh([x["notebook"].removesuffix(".ipynb") for x in r], [x["seconds"] or 0 for x in r])
+    ax.axvline(TARGETS["notebook_s"], color="red", linestyle="--", label="target")
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds, top to bottom")
+    ax.set_title(f"Notebooks (total {results['notebooks']['total_seconds']} s)")
+
+
+def _plot_latency(ax, results: dict) -> None:
+    r = results["latency"]["rows"]
+    labels = [f"{x['variant'][3:]} {x['size']}/b{x['batch']}" for x in r]
+    y = range(len(r))
+    ax.barh([i - 0.2 for i in y], [x["ours_ms"] for x in r], height=0.4, label="ours")
+    ax.barh([i + 0.2 for i in y], [x["naive_ms"] for x in r], height=0.4, label="naive")
+    ax.set_yticks(list(y), labels, fontsize=7)
+    ax.invert_yaxis()
+    _log_x(ax, [x["ours_ms"] for x in r] + [x["naive_ms"] for x in r])
+    ax.set_xlabel("ms per image (CPU)")
+    ax.set_title("Inference: ours vs naive")
+
+
+def _plot_widgets(ax, results: dict) -> None:
+    r = results["widgets"]["rows"]
+    labels = [f"{x['widget'].split(' (')[0]}: {x['control']}" for x in r]
+    ax.barh(labels, [x["p95_ms"] for x in r], color="0.8", label="p95")
+    ax.barh(labels, [x["median_ms"] for x in r], label="median")
+    ax.axvline(TARGETS["widget_median_ms"], color="red", linestyle="--", label="target")
+    ax.tick_params(axis="y", labelsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("ms per control change")
+    ax.set_title("Widget callbacks")
+
+
+def _plot_train(ax, results: dict) -> None:
+    r = results["train"]["cpu"]["rows"] + results["train"]["gpu"].get("rows", [])
+    labels = [f"{x['model'].split()[0]} {x['device'][:12]} {x['precision'][:22]}" for x in r]
+    ax.barh(labels, [x["images_per_s"] for x in r])
+    ax.tick_params(axis="y", labelsize=7)
+    ax.invert_yaxis()
+    _log_x(ax, [x["images_per_s"] for x in r])
+    ax.set_xlabel("training images/s")
+    ax.set_title("Training throughput")
+
+
+def _plot_memory(ax, results: dict) -> None:
+    r = results["memory"]["rows"]
+    ax.barh([x["workload"].replace("classroom ", "") for x in r], [x["peak_rss_mb"] or 0 for x in r])
+    ax.tick_params(axis="y", labelsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("peak RSS (MB)")
+    ax.set_title("Peak memory")
+
+
+def _run_train(s: dict, progress) -> dict:
+    result = {"cpu": bench_train_cpu(s["train_size"], s["train_batch"], s["repeat"]),
+              "gpu": bench_train_gpu(batch=s["gpu_batch"], repeat=s["repeat"], with_compile=s["compile"])}
+    if "skipped" in result["gpu"]:
+        progress(f"bench: GPU skipped: {result['gpu']['skipped']}")
+    return result
+
+
+@dataclass(frozen=True)
+class Part:
+    """One part of the benchmark: how to measure it (from the run's settings), its tables as
+    text lines, and its panel of the plot."""
+
+    run: Callable[[dict, Callable], dict]
+    report: Callable[[dict], list[str]]
+    plot: Callable
+
+
+# The parts, in the order they run, report and plot (--parts picks some of them).
+PARTS = {
+    "notebooks": Part(lambda s, progress: bench_notebooks(s["notebook_dir"], progress=progress),
+                      _report_notebooks, _plot_notebooks),
+    "latency": Part(lambda s, progress: bench_latency(s["sizes"], repeat=s["repeat"]),
+                    _report_latency, _plot_latency),
+    "widgets": Part(lambda s, progress: bench_widgets(s["repeat"]), _report_widgets, _plot_widgets),
+    "train": Part(_run_train, _report_train, _plot_train),
+    "memory": Part(lambda s, progress: bench_memory(s["sizes"], s["train_size"], s["train_batch"]),
+                   _report_memory, _plot_memory),
+}
+
+
 def plot(results: dict, path: Path) -> Path:
     """One panel per measured part, each with its target as a dashed line; saved as PNG."""
     # A bare Figure (no pyplot): nothing global changes when this runs inside a notebook.
     from matplotlib.figure import Figure
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     panels = [p for p in PARTS if p in results]
     cols = {1: 1, 2: 2, 4: 2}.get(len(panels), 3)
@@ -569,58 +687,8 @@ def plot(results: dict, path: Path) -> Path:
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
 
-    def log_x(ax, values):
-        # Only for ranges that need it (128 vs 512 px, CPU vs GPU); plain numbers on the ticks.
-        if max(values) > 20 * min(values) > 0:
-            ax.set_xscale("log")
-            ax.xaxis.set_major_formatter(ScalarFormatter())
-            ax.xaxis.set_minor_formatter(NullFormatter())
-
     for ax, part in zip(axes.flat, panels, strict=False):
-        if part == "notebooks":
-            r = results["notebooks"]["rows"]
-            ax.barh([x["notebook"].removesuffix(".ipynb") for x in r], [x["seconds"] or 0 for x in r])
-            ax.axvline(TARGETS["notebook_s"], color="red", linestyle="--", label="target")
-            ax.invert_yaxis()
-            ax.set_xlabel("seconds, top to bottom")
-            ax.set_title(f"Notebooks (total {results['notebooks']['total_seconds']} s)")
-        elif part == "latency":
-            r = results["latency"]["rows"]
-            labels = [f"{x['variant'][3:]} {x['size']}/b{x['batch']}" for x in r]
-            y = range(len(r))
-            ax.barh([i - 0.2 for i in y], [x["ours_ms"] for x in r], height=0.4, label="ours")
-            ax.barh([i + 0.2 for i in y], [x["naive_ms"] for x in r], height=0.4, label="naive")
-            ax.set_yticks(list(y), labels, fontsize=7)
-            ax.invert_yaxis()
-            log_x(ax, [x["ours_ms"] for x in r] + [x["naive_ms"] for x in r])
-            ax.set_xlabel("ms per image (CPU)")
-            ax.set_title("Inference: ours vs naive")
-        elif part == "widgets":
-            r = results["widgets"]["rows"]
-            labels = [f"{x['widget'].split(' (')[0]}: {x['control']}" for x in r]
-            ax.barh(labels, [x["p95_ms"] for x in r], color="0.8", label="p95")
-            ax.barh(labels, [x["median_ms"] for x in r], label="median")
-            ax.axvline(TARGETS["widget_median_ms"], color="red", linestyle="--", label="target")
-            ax.tick_params(axis="y", labelsize=7)
-            ax.invert_yaxis()
-            ax.set_xlabel("ms per control change")
-            ax.set_title("Widget callbacks")
-        elif part == "train":
-            r = results["train"]["cpu"]["rows"] + results["train"]["gpu"].get("rows", [])
-            labels = [f"{x['model'].split()[0]} {x['device'][:12]} {x['precision'][:22]}" for x in r]
-            ax.barh(labels, [x["images_per_s"] for x in r])
-            ax.tick_params(axis="y", labelsize=7)
-            ax.invert_yaxis()
-            log_x(ax, [x["images_per_s"] for x in r])
-            ax.set_xlabel("training images/s")
-            ax.set_title("Training throughput")
-        else:
-            r = results["memory"]["rows"]
-            ax.barh([x["workload"].replace("classroom ", "") for x in r], [x["peak_rss_mb"] or 0 for x in r])
-            ax.tick_params(axis="y", labelsize=7)
-            ax.invert_yaxis()
-            ax.set_xlabel("peak RSS (MB)")
-            ax.set_title("Peak memory")
+        PARTS[part].plot(ax, results)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.suptitle(f"python -m benchmarks: {results['machine']['cpu']}", fontsize=9)
@@ -629,7 +697,7 @@ def plot(results: dict, path: Path) -> Path:
     return path
 
 
-def run(parts=PARTS, sizes=(128, 512), repeat: int = 10, out: Path = Path("bench-output"),
+def run(parts=tuple(PARTS), sizes=(128, 512), repeat: int = 10, out: Path = Path("bench-output"),
         notebook_dir: Path = NOTEBOOK_DIR, train_size: int = classroom.IMAGE_SIZE, train_batch: int = 16,
         gpu_batch: int = 16, with_compile: bool = True, progress=print) -> dict:
     """Run the chosen parts; write bench.json, bench.txt and bench.png under `out`."""
@@ -644,25 +712,13 @@ def run(parts=PARTS, sizes=(128, 512), repeat: int = 10, out: Path = Path("bench
                "settings": {"parts": list(parts), "sizes": list(sizes), "repeat": repeat,
                             "train_size": train_size, "train_batch": train_batch, "gpu_batch": gpu_batch,
                             "compile": with_compile}}
+    settings = {**results["settings"], "notebook_dir": notebook_dir}
     for part in PARTS:
         if part not in parts:
             continue
         progress(f"bench: {part} ...")
         start = time.perf_counter()
-        if part == "notebooks":
-            results[part] = bench_notebooks(notebook_dir, progress=progress)
-        elif part == "latency":
-            results[part] = bench_latency(sizes, repeat=repeat)
-        elif part == "widgets":
-            results[part] = bench_widgets(repeat)
-        elif part == "train":
-            results[part] = {"cpu": bench_train_cpu(train_size, train_batch, repeat),
-                             "gpu": bench_train_gpu(batch=gpu_batch, repeat=repeat,
-                                                    with_compile=with_compile)}
-            if "skipped" in results[part]["gpu"]:
-                progress(f"bench: GPU skipped: {results[part]['gpu']['skipped']}")
-        else:
-            results[part] = bench_memory(sizes, train_size, train_batch)
+        results[part] = PARTS[part].run(settings, progress)
         results[part]["part_seconds"] = round(time.perf_counter() - start, 1)
     results["targets"] = check_targets(results)
     text = report(results)
