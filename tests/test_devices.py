@@ -209,11 +209,11 @@ def test_models_forward_and_forward_maps(variant):
     model = scored_classroom_model(variant)
     images = torch.rand(2, 3, 40, 70)
     with torch.no_grad():
-        expected = model.forward_maps(images, pool4_gain=0.5)
+        expected = model.forward_maps(images)
         expected_out = model(images)
     with stand_in_device(), torch.no_grad():
         net, x = moved(model), moved(images)
-        maps = net.forward_maps(x, pool4_gain=0.5)
+        maps = net.forward_maps(x)
         assert set(maps) == set(expected)
         for name, value in maps.items():
             assert_on(value, "stand-in")

@@ -90,26 +90,23 @@ class FCN(nn.Module):
         """(N, 3, H, W) -> class logits (N, num_classes, H, W)."""
         return self.forward_maps(x)["out"]
 
-    def forward_maps(self, x: torch.Tensor, pool4_gain: float = 1.0,
-                     pool3_gain: float = 1.0) -> dict[str, torch.Tensor]:
+    def forward_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """One forward pass, returning every named score map (see SCORE_MAPS) and `out`.
-
-        The gains scale the skip contributions (0 switches a skip off) for the fusion
-        explorer; 1 is the trained network. Maps other than `out` cover the padded image.
-        """
+        Maps other than `out` cover the padded image."""
         check_images(x)
         height, width = x.shape[-2:]
         features = self.backbone(pad_to_multiple(x, 32))
         maps = {"score_fr": self.score_fr(features["fc7"])}  # stride 32
-        return self.fuse(maps, features, height, width, pool4_gain, pool3_gain)
+        return self.fuse(maps, features, height, width)
 
     def fuse(self, maps: dict[str, torch.Tensor], features: dict[str, torch.Tensor] | None,
              height: int, width: int, pool4_gain: float = 1.0,
              pool3_gain: float = 1.0) -> dict[str, torch.Tensor]:
         """The skip fusion, from `score_fr` (and the skip scores, or the features to score).
 
-        Split out of `forward_maps` so a widget can re-fuse cached score maps with other
-        gains without running the backbone again.
+        Split out of `forward_maps` so that the skip ablation and the fusion explorer can
+        re-fuse cached score maps with the skips scaled by a gain (0 switches one off, 1 is the
+        trained network) without running the backbone again.
         """
         maps = dict(maps)
         score = maps["score_fr"]
