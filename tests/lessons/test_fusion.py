@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from fcn_lesson import FCN8s, FCN16s, FCN32s
+from fcn_lesson.core.models import pad_to_multiple
 from fcn_lesson.datasets.shapes import CLASSES, ShapesDataset
 from fcn_lesson.engine.loop import evaluate
 from fcn_lesson.lessons.fusion import (
@@ -174,9 +175,15 @@ def test_skip_ablation_equals_forward_with_those_gains(small_val):
     settings = {"both": (1.0, 1.0), "no pool3": (1.0, 0.0), "half pool4": (0.5, 1.0), "off": (0.0, 0.0)}
     results = skip_ablation(model, images, masks, settings, batch_size=4)
     assert list(results) == list(settings)
+    height, width = images.shape[-2:]
+    with torch.no_grad():
+        features = model.backbone(pad_to_multiple(images, 32))
     for name, (g4, g3) in settings.items():
-        with torch.no_grad():
-            pred = model.forward_maps(images, g4, g3)["out"].argmax(1)
+        with torch.no_grad():  # the FCN-8s head written out, with the skips scaled by the gains
+            score = model.upscore2(model.score_fr(features["fc7"]))
+            score = score + g4 * model.score_pool4(features["pool4"])
+            score = model.upscore_pool4(score) + g3 * model.score_pool3(features["pool3"])
+            pred = model.upscore_final(score)[..., :height, :width].argmax(1)
         cm = torch.zeros(K, K, dtype=torch.long)
         for p, t in zip(pred, masks, strict=True):
             cm += torch.bincount((t * K + p).flatten(), minlength=K * K).reshape(K, K)
