@@ -205,3 +205,34 @@ def model_costs(model: nn.Module, image_size, repeats: int = 5, warmup: int = 1,
 
 # --- text tables -----------------------------------------------------------------------
 
+
+
+# --- transfer: scratch vs transplant ---------------------------------------------------------
+
+TRANSFER_LABELS = {"scratch": "from scratch", "finetune": "classifier transplanted, all fine-tuned",
+                   "frozen": "classifier transplanted, features frozen (only score_fr trained)"}
+
+
+def plot_transfer_curves(rows: Sequence[dict]):
+    """Mean IoU on fresh images against the number of labelled masks, one line per way of
+    getting an FCN-32s (`fcn_lesson.engine.transfer.run` rows). Returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    methods = [m for m in TRANSFER_LABELS if any(r["method"] == m for r in rows)]
+    if not methods:
+        raise ValueError(f"no rows for any of {', '.join(TRANSFER_LABELS)}")
+    fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
+    for method in methods:
+        mine = sorted((r["masks"], 100 * r["mean_iou"]) for r in rows if r["method"] == method)
+        ax.plot(*zip(*mine, strict=True), marker="o", label=TRANSFER_LABELS[method])
+    ax.set_xscale("log")
+    counts = sorted({r["masks"] for r in rows})
+    ax.set_xticks(counts, [str(n) for n in counts])
+    ax.minorticks_off()
+    ax.set_xlabel("labelled masks used for training (log scale)")
+    ax.set_ylabel("mean IoU on fresh images (%)")
+    steps = sorted({r["steps"] for r in rows})
+    ax.set_title(f"FCN-32s three ways, {', '.join(map(str, steps))} training steps each")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig

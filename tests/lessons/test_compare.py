@@ -2,6 +2,7 @@
 
 import time
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -205,3 +206,18 @@ def test_qualitative_grid_shows_image_truth_and_each_variant(data, models):
     assert len(fig.legends) == 1
     with pytest.raises(ValueError, match="one per image"):
         qualitative_grid(data, [0], {"fcn8s": preds["fcn8s"][:2]})
+
+
+def test_transfer_curves_plot_one_line_per_method():
+    from fcn_lesson.lessons.compare import plot_transfer_curves
+
+    rows = [{"method": m, "masks": n, "steps": 300, "mean_iou": v}
+            for m, base in (("scratch", 0.1), ("finetune", 0.3), ("frozen", 0.2))
+            for n, v in ((25, base), (100, base + 0.1))]
+    fig = plot_transfer_curves(rows)
+    lines = fig.axes[0].get_lines()
+    assert len(lines) == 3
+    np.testing.assert_allclose([line.get_ydata() for line in lines], [[10, 20], [30, 40], [20, 30]])
+    assert "300 training steps" in fig.axes[0].get_title()
+    with pytest.raises(ValueError, match="no rows"):
+        plot_transfer_curves([{"method": "other", "masks": 1, "steps": 1, "mean_iou": 0.0}])
