@@ -51,8 +51,6 @@ def test_the_check_sees_a_widget_without_a_picture():
     assert _has_png({"outputs": [{"data": {"image/png": "iVBOR..."}}]})
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 part 6.6: engine.loop's tqdm.auto bars are saved "
-                   "as widgets showing their first state (0%); needs a change in engine/loop.py")
 @pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.stem.startswith(("03", "07"))],
                          ids=lambda p: p.stem)
 def test_committed_progress_bars_look_finished(path):

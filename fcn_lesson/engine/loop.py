@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from IPython.display import display
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import (
     BatchSampler,
@@ -29,6 +30,7 @@ from torch.utils.data import (
     TensorDataset,
 )
 from tqdm.auto import tqdm
+from tqdm.notebook import tqdm as tqdm_notebook
 
 from fcn_lesson.core.models import FCN
 from fcn_lesson.engine import distributed
@@ -196,10 +198,30 @@ def evaluate(model: FCN, data: Dataset, batch_size: int = 16,
     return scores
 
 
+class _NotebookBar(tqdm_notebook):
+    """tqdm's notebook bar, whose saved output ends as the bar ended.
+
+    A notebook stores a widget's text at the moment it is displayed (0%), and that is what a
+    reader without a kernel (GitHub, nbviewer) sees. Displayed with a display id, the output is
+    replaced by the finished bar when it closes.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, display=False, **kwargs)
+        self._handle = None if self.disable else display(self.container, display_id=True)
+
+    def close(self):
+        super().close()
+        if self._handle is not None:
+            self._handle.update(self.container)
+            self._handle = None
+
+
 def _bar(total: int, initial: int, desc: str, show: bool, leave: bool):
     # A bar updated by hand, not tqdm(loader): tqdm.auto calls iter() on what it wraps, which
     # for a DataLoader starts a throwaway pass (forking workers, drawing from its generator).
-    return tqdm(total=total, initial=initial, desc=desc, disable=not show, leave=leave)
+    bar = _NotebookBar if issubclass(tqdm, tqdm_notebook) else tqdm  # as tqdm.auto chose
+    return bar(total=total, initial=initial, desc=desc, disable=not show, leave=leave)
 
 
 @dataclass
@@ -347,7 +369,9 @@ def fit(model: FCN, train_data: Dataset, val_data: Dataset | None = None, config
         _set_epoch(sampler, train_data, epoch)
         loss_sum, seen, correct, counted = running
         done, start = batches.skip, time.perf_counter()
-        bar = _bar(steps_per_epoch, done, f"{model.variant} epoch {epoch}/{cfg.epochs}",
+        # The steps this epoch will take: all of it, or up to `max_steps` when the run ends here.
+        epoch_steps = min(steps_per_epoch, done + total_steps - step)
+        bar = _bar(epoch_steps, done, f"{model.variant} epoch {epoch}/{cfg.epochs}",
                    progress and rank == 0, leave=epoch == cfg.epochs)
         for images, masks in loader:
             images, masks = images.to(device), masks.to(device)
