@@ -55,28 +55,34 @@ class _Artists:
             ax.set_xlabel("x (pixels)")
             ax.set_ylabel("y (pixels)")
         # Drawn on every update, over a cached picture of everything else: tick labels are
-        # most of Agg's drawing time and only the colour bar's change with the channel.
-        self._dynamic = [self.map, self.outline, *self.map_ax.spines.values(), self.map_ax.title,
-                         self.colorbar.ax]
+        # most of Agg's drawing time, and only the colour bar's change (with the channel). The
+        # image and the titles are drawn each time too, so a new image or model is a blit as
+        # well; only a new image size redraws the axes.
+        self._titles = (self.image_ax.title, self.map_ax.title)
+        self._dynamic = [self.picture, *self._titles, self.map, self.outline,
+                         *self.map_ax.spines.values(), self.colorbar.ax]
         self._background = None
+        self._size = None
 
     def draw(self) -> np.ndarray:
         """The figure as an RGB array, repainting only the dynamic artists when the static
         ones (image, axes, labels) are unchanged since the last call."""
         canvas = self.figure.canvas
         if self._background is None:
-            # The title is emptied, not hidden: matplotlib places an axes title while drawing
+            # Titles are emptied, not hidden: matplotlib places an axes title while drawing
             # the axes, and a hidden one is moved off the figure (it vanished on image changes).
-            title = self.map_ax.title.get_text()
-            self.map_ax.set_title("", fontsize=10)
+            texts = [title.get_text() for title in self._titles]
+            for title in self._titles:
+                title.set_text("")
             for artist in self._dynamic:
-                if artist is not self.map_ax.title:
+                if artist not in self._titles:
                     artist.set_visible(False)
             canvas.draw()
             self._background = canvas.copy_from_bbox(self.figure.bbox)
             for artist in self._dynamic:
                 artist.set_visible(True)
-            self.map_ax.set_title(title, fontsize=10)
+            for title, text in zip(self._titles, texts, strict=True):
+                title.set_text(text)
         canvas.restore_region(self._background)
         for artist in self._dynamic:
             self.figure.draw_artist(artist)
@@ -104,11 +110,13 @@ class _Artists:
         # white on viridis (dark at zero), black on the diverging map (white at zero)
         self._outlines = {False: label_edges(mask, (1, 1, 1)), True: label_edges(mask, (0, 0, 0))}
         self.outline.set_extent((-0.5, width - 0.5, height - 0.5, -0.5))
-        for ax in (self.image_ax, self.map_ax):
-            ax.set_xlim(-0.5, width - 0.5)
-            ax.set_ylim(height - 0.5, -0.5)  # the padding beyond the image stays out of view
         self.image_ax.set_title(title, fontsize=10)
-        self._background = None
+        if self._size != (height, width):  # new limits: the axes and their ticks are redrawn
+            for ax in (self.image_ax, self.map_ax):
+                ax.set_xlim(-0.5, width - 0.5)
+                ax.set_ylim(height - 0.5, -0.5)  # the padding beyond the image stays out of view
+            self._size = (height, width)
+            self._background = None
 
     def set_map(self, values: np.ndarray, stride: int, signed: bool, title: str) -> None:
         h, w = values.shape
@@ -133,14 +141,15 @@ class LayerExplorer(Explorer):
 
     `update()` reads the controls, redraws the figure's artists and returns the map shown,
     (h, w) numpy (kept as `.result`); moving a control calls it and then `render()`, which puts
-    the figure into the `picture` widget. Activations are captured once per (model, image) and kept for the
-    `cache_size` most recent ones. Display with `display(explorer)`.
+    the figure into the `picture` widget. Activations are captured once per (model, image) and
+    kept for the `cache_size` most recent ones; when every (model, image) pair fits, all are
+    captured up front. Display with `display(explorer)`.
     """
 
     what = "layer explorer"
 
     def __init__(self, models: FCN | Mapping[str, FCN], dataset, *, layer: str = "conv1_1",
-                 channel: int = 0, image: int = 0, cache_size: int = 8):
+                 channel: int = 0, image: int = 0, cache_size: int = 32):
         models = check_models_and_dataset(models, dataset, image)
         if cache_size < 1:
             raise ValueError(f"cache_size must be >= 1, got {cache_size}")
@@ -149,6 +158,12 @@ class LayerExplorer(Explorer):
         self._cache: OrderedDict[tuple[str, int], tuple] = OrderedDict()
         first = next(iter(self.models))
         activations = self.activations(first, image)
+        if len(self.models) * len(dataset) <= cache_size:
+            # A classroom's handful of images (about 3 MB each per model): computed now, so that
+            # no image or model move waits for a forward pass.
+            for name in self.models:
+                for index in range(len(dataset)):
+                    self._cached(name, index)
         if layer not in activations:
             raise ValueError(f"unknown layer {layer!r}; choose one of {', '.join(activations)}")
         channels = activations[layer].shape[0]
