@@ -296,6 +296,19 @@ def _step(net, opt, sched, images: torch.Tensor, masks: torch.Tensor, device: to
     return loss, logits, valid
 
 
+
+def epoch_summary(record: dict) -> str:
+    """One epoch of `fit`'s history as short lines (training, then validation): a notebook
+    wraps a long line wherever the width runs out, often mid-word."""
+    lines = [f"epoch {record['epoch']} (step {record['step']}, {record['seconds']:.1f} s): "
+             f"train loss {record['train_loss']:.4g}, pixel acc {record['train_pixel_acc']:.4g}, "
+             f"lr {record['lr']:.3g}"]
+    val = {k[4:]: v for k, v in record.items() if k.startswith("val_")}
+    if val:
+        names = {k: k.replace("_", " ").replace("iou", "IoU") for k in val}
+        lines.append("  val: " + ", ".join(f"{names[k]} {v:.4g}" for k, v in val.items()))
+    return "\n".join(lines)
+
 def fit(model: FCN, train_data: Dataset, val_data: Dataset | None = None, config: FitConfig | None = None,
         *, device: str | torch.device | None = None, progress: bool = True,
         state_path: str | os.PathLike | None = None, save_every: int | None = None, resume: bool = True,
@@ -403,7 +416,7 @@ def fit(model: FCN, train_data: Dataset, val_data: Dataset | None = None, config
             model.train()
         history.append(record)
         if progress and rank == 0:
-            tqdm.write(", ".join(f"{k} {v:.4g}" for k, v in record.items()))
+            tqdm.write(epoch_summary(record))
         if state_path is not None:
             save_state(epoch + 1, 0, generator.get_state(), [0.0, 0, 0, 0])
         if step >= total_steps:

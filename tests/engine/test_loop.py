@@ -9,7 +9,14 @@ from fcn_lesson import FCN8s, FCN16s, FCN32s
 from fcn_lesson.cli import main
 from fcn_lesson.datasets.shapes import PALETTE, ShapesDataset
 from fcn_lesson.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from fcn_lesson.engine.loop import CPU_PIXELS_PER_PASS, evaluate, fit, predict, train_or_load
+from fcn_lesson.engine.loop import (
+    CPU_PIXELS_PER_PASS,
+    epoch_summary,
+    evaluate,
+    fit,
+    predict,
+    train_or_load,
+)
 
 TINY = dict(num_classes=6, width=1 / 16, batch_norm=True, dropout=0.0)
 
@@ -243,3 +250,17 @@ def test_fit_settings_are_a_config_and_misspellings_are_named():
     history = fit(model, data, config=FitConfig(epochs=3, batch_size=2), epochs=1, max_steps=1,
                   progress=False)
     assert [h["epoch"] for h in history] == [1] and history[0]["step"] == 1
+
+
+def test_epoch_summary_is_short_lines_that_keep_every_number():
+    record = {"epoch": 3, "step": 1500, "train_loss": 0.123456, "train_pixel_acc": 0.95432,
+              "lr": 0.000123456, "seconds": 81.26, "val_pixel_acc": 0.9612, "val_mean_acc": 0.8,
+              "val_mean_iou": 0.7212, "val_fw_iou": 0.9071, "val_boundary_acc": 0.7924}
+    text = epoch_summary(record)
+    lines = text.splitlines()
+    assert lines == [
+        "epoch 3 (step 1500, 81.3 s): train loss 0.1235, pixel acc 0.9543, lr 0.000123",
+        "  val: pixel acc 0.9612, mean acc 0.8, mean IoU 0.7212, fw IoU 0.9071, boundary acc 0.7924"]
+    # A notebook's output area is about 100 characters wide at the default font.
+    assert max(map(len, lines)) <= 95
+    assert epoch_summary({k: v for k, v in record.items() if not k.startswith("val_")}) == lines[0]
