@@ -368,6 +368,42 @@ class NotebookPage:
                                                              int(0.95 * len(timings)))], 1)})
         return rows
 
+    def burst_problems(self, presses: int = 10, timeout: float = 15) -> list[str]:
+        """Press an arrow key `presses` times in quick succession on the first slider of every
+        widget with pictures; once it settles, the figure must be the one that slider value
+        draws: the same as after moving one step away and back, each move settled."""
+        problems = []
+        roots = self.page.locator(WIDGET_ROOTS)
+        for w in range(roots.count()):
+            root = roots.nth(w)
+            sliders = root.locator(f"{CONTROLS['slider']}:visible")
+            if not root.locator("img").count() or not sliders.count():
+                continue
+            handle = sliders.first.locator(".noUi-handle").first
+            value, high = (float(handle.get_attribute(a)) for a in ("aria-valuenow", "aria-valuemax"))
+            low = float(handle.get_attribute("aria-valuemin"))
+            ahead, back = ("ArrowRight", "ArrowLeft") if value + presses <= high else ("ArrowLeft",
+                                                                                      "ArrowRight")
+            if high - low < 2:
+                continue
+            self._settled_figure(root, timeout)
+            for _ in range(presses):
+                handle.press(ahead, delay=0)
+            after_burst = self._settled_figure(root, timeout)
+            final = handle.get_attribute("aria-valuenow")
+            for key in (back, ahead):
+                before = self._settled_figure(root, timeout)
+                handle.press(key)
+                self._figure_after_change(root, before, timeout)
+            redrawn = self._settled_figure(root, timeout)
+            label = sliders.first.evaluate(_LABEL_JS)
+            if handle.get_attribute("aria-valuenow") != final:
+                problems.append(f"widget {w}: slider {label!r} did not come back to {final}")
+            elif redrawn != after_burst:
+                problems.append(f"widget {w}: after {presses} quick presses on slider {label!r} (to "
+                                f"{final}) the figure is not the one that value draws")
+        return problems
+
     def _latency(self, root, timeout: float, quiet: float = 0.3) -> float | None:
         """ms from the input event to the last image load, once no image has loaded for `quiet` s."""
         deadline, last, seen_at = time.monotonic() + timeout, None, time.monotonic()

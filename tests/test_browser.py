@@ -29,8 +29,10 @@ from browser_support import (
     unavailable,
 )
 
-# The fusion explorer is the lesson's main widget; the upsampling widget draws with an Image.
-WIDGET_NOTEBOOKS = ["05_fcn8s.ipynb", "02_bilinear_upsampling.ipynb"]
+# Every notebook with an explorer: output grid (01), upsampling (02), layers (03, 06), fusion and
+# pixel (05).
+WIDGET_NOTEBOOKS = ["01_fc_to_conv.ipynb", "02_bilinear_upsampling.ipynb", "03_fcn32s.ipynb",
+                    "05_fcn8s.ipynb", "06_compare_variants.ipynb"]
 RUN_ALL_TIMEOUT = 150  # s; each notebook runs in about a minute on a laptop CPU
 # Timed moves per control for the latency report (issue 14 part 5): 8 keep the test suite short;
 # FCN_LESSON_LATENCY_SAMPLES=24 for numbers to publish.
@@ -64,6 +66,37 @@ def explorer(redraw):
 
 
 display(explorer(redraw=True), explorer(redraw=False))
+'''
+
+# An explorer with a classic bug: it redraws at most once a second and drops the changes in
+# between, so a burst of key presses leaves the figure on an early value.
+TOY_THROTTLED = '''\
+import time
+
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+from IPython.display import display
+
+slope = widgets.IntSlider(1, min=1, max=30, description="slope")
+figure = widgets.Output()
+last = [0.0]
+
+
+def draw(change=None):
+    if change is not None and time.monotonic() - last[0] < 1.0:
+        return
+    last[0] = time.monotonic()
+    with figure:
+        figure.clear_output(wait=True)
+        plt.figure(figsize=(3, 2))
+        plt.plot([0, 1], [0, slope.value])
+        plt.ylim(0, 30)
+        plt.show()
+
+
+slope.observe(draw, "value")
+draw()
+display(widgets.VBox([slope, figure]))
 '''
 
 pytestmark = pytest.mark.slow
@@ -104,12 +137,14 @@ def lab_with_notebooks(tmp_path_factory):
 
 
 def run_in_browser(browser, lab, path: Path, redraw_timeout: float = 15,
-                   latency_samples: int = 0) -> tuple[int, list[str], str]:
+                   latency_samples: int = 0, burst: bool = False) -> tuple[int, list[str], str]:
     """Run every cell of `path` in JupyterLab, then move every widget control, which must redraw its
     figure within `redraw_timeout` s. Returns how many controls moved, the problems a user would have
     seen, and the browser console's last errors. With `latency_samples`, also times that many moves
     of each control (`NotebookPage.control_latencies`) and reports them in
-    test-output/browser/<notebook>-latency.json and on stdout."""
+    test-output/browser/<notebook>-latency.json and on stdout. With `burst`, also checks that a
+    burst of quick key presses on a slider leaves the figure of the final value
+    (`NotebookPage.burst_problems`)."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     nb = NotebookPage(page, lab, path, OUTPUT)
     start = time.monotonic()
@@ -118,6 +153,8 @@ def run_in_browser(browser, lab, path: Path, redraw_timeout: float = 15,
         nb.run_all(timeout=RUN_ALL_TIMEOUT)
         problems = nb.problems_after_run()
         moved, more = nb.exercise_widgets(redraw_timeout)
+        if burst:
+            more += nb.burst_problems(timeout=redraw_timeout)
         if latency_samples:
             rows = nb.control_latencies(latency_samples, redraw_timeout)
             (OUTPUT / f"{nb.name}-latency.json").write_text(json.dumps(rows, indent=1))
@@ -132,8 +169,8 @@ def run_in_browser(browser, lab, path: Path, redraw_timeout: float = 15,
         print(f"{path.name}: {time.monotonic() - start:.1f} s in the browser")
 
 
-def write_toy_notebook(path: Path) -> Path:
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(TOY_EXPLORERS)])
+def write_toy_notebook(path: Path, source: str = TOY_EXPLORERS) -> Path:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
     nb.metadata.kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, path)
     return path
@@ -145,7 +182,7 @@ def test_widgets_render_and_redraw_in_jupyterlab(browser, lab_with_notebooks, no
     assert (root / notebook).exists(), f"notebooks/{notebook} is missing"
     # Latency as students feel it is reported, not asserted (it depends on the machine).
     moved, problems, console = run_in_browser(browser, lab, root / notebook,
-                                              latency_samples=LATENCY_SAMPLES)
+                                              latency_samples=LATENCY_SAMPLES, burst=True)
     assert not problems, (f"{notebook} in JupyterLab (screenshots in {OUTPUT}):\n  " + "\n  ".join(problems)
                           + f"\nbrowser console:\n{console}")
     assert moved, f"{notebook}: no widget control found to move; is the widget displayed?"
@@ -159,6 +196,13 @@ def test_the_check_catches_a_callback_that_does_not_redraw(browser, lab_with_not
     assert moved == 2
     assert len(problems) == 1 and problems[0].startswith(
         "moving the slider 'slope' of widget 1 did not change its figure"), problems
+
+
+def test_the_burst_check_catches_an_explorer_that_drops_changes(browser, lab_with_notebooks):
+    lab, root = lab_with_notebooks
+    path = write_toy_notebook(root / "toy_throttled.ipynb", TOY_THROTTLED)
+    _, problems, _ = run_in_browser(browser, lab, path, redraw_timeout=5, burst=True)
+    assert any("after 10 quick presses on slider 'slope'" in p for p in problems), problems
 
 
 def test_the_check_catches_a_missing_widgets_front_end(browser, tmp_path):
