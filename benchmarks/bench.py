@@ -1,6 +1,6 @@
 """python -m benchmarks: how fast the lesson runs, measured, against its targets.
 
-Five parts (--parts), each a function returning plain data:
+Six parts (--parts), each a function returning plain data:
   notebooks  every notebook executed top to bottom (nbclient, in memory: the committed files
              are never written), its time, slowest cell and the kernel's peak memory;
   latency    CPU inference per image, batch 1 and 16, of the classroom FCN-32s/16s/8s against
@@ -11,7 +11,10 @@ Five parts (--parts), each a function returning plain data:
   train      training throughput of the classroom models on the CPU and, when CUDA is present,
              of the full-width FCN-8s at 512x512 in fp32 and bf16 (+ channels_last, compile), with
              FLOPs from `torch.utils.flop_counter` and the share of the device's peak;
-  memory     peak resident memory of typical workloads, each in a fresh process.
+  memory     peak resident memory of typical workloads, each in a fresh process;
+  retrain    the in-class retrain (`python -m fcn_lesson retrain`: FCN-32s -> 16s -> 8s from
+             the shipped classifier), its wall-clock time and each net's mean IoU on fresh
+             images (about 10 minutes on a 2-core laptop; --retrain-scale shrinks it).
 `run` does the parts, prints the tables and the targets, and writes bench.json, bench.txt and
 bench.png. Medians throughout: a laptop's timings have a long right tail.
 """
@@ -61,7 +64,7 @@ BUSY_LOAD = 0.5
 
 TARGETS = {"notebook_s": 60.0, "notebooks_total_s": 360.0, "widget_median_ms": 100.0,
            "fcn8s_128_batch1_ms": 5.0, "naive_ratio": 1.0, "gpu_bf16_speedup": 2.5,
-           "gpu_share_of_peak": 0.35,
+           "gpu_share_of_peak": 0.35, "retrain_s": 600.0, "retrain_fcn8s_mean_iou": 0.80,
            # A notebook kernel's peak memory (MB): classroom JupyterHub / Binder pods give 1-2 GB.
            "notebook_peak_rss_mb": 1500.0}
 
@@ -481,6 +484,13 @@ def check_targets(results: dict) -> list[dict]:
         worst = max(results["widgets"]["rows"], key=lambda r: r["median_ms"])
         add(f"widget median, slowest ({worst['widget']}: {worst['control']}) (ms)", worst["median_ms"],
             f"<= {TARGETS['widget_median_ms']:g}", worst["median_ms"] <= TARGETS["widget_median_ms"])
+    if "retrain" in results:
+        r = results["retrain"]
+        add(f"in-class retrain, whole chain (s, scale {r['scale']:g})", r["train_seconds"],
+            f"<= {TARGETS['retrain_s']:g}", r["train_seconds"] <= TARGETS["retrain_s"])
+        iou = r["stages"][-1]["mean_iou_128"]
+        add("in-class retrain, FCN-8s mean IoU at 128 px", iou, f">= {TARGETS['retrain_fcn8s_mean_iou']:g}",
+            iou >= TARGETS["retrain_fcn8s_mean_iou"])
     gpu = results.get("train", {}).get("gpu", {})
     if gpu.get("rows"):
         best = max((r for r in gpu["rows"] if "bf16" in r["precision"]), key=lambda r: r["images_per_s"])
@@ -558,6 +568,13 @@ def _report_memory(results: dict) -> list[str]:
     out += ["", "5. Peak memory (each workload in a fresh process)",
             _rows(results["memory"]["rows"], ("workload", "peak_rss_mb"), {"peak_rss_mb": "peak RSS MB"})]
     return out
+
+
+def _report_retrain(results: dict) -> list[str]:
+    r = results["retrain"]
+    return ["", f"6. In-class retrain (python -m fcn_lesson retrain, scale {r['scale']:g}): "
+                f"{r['train_seconds']:.0f} s in all; mean IoU on {r['eval_images']} fresh 128-px images",
+            _rows(r["stages"], ("variant", "seconds", "mean_iou_128"), {"mean_iou_128": "mean IoU"})]
 
 
 def report(results: dict) -> str:
@@ -643,6 +660,34 @@ def _plot_memory(ax, results: dict) -> None:
     ax.set_title("Peak memory")
 
 
+def _plot_retrain(ax, results: dict) -> None:
+    stages = results["retrain"]["stages"]
+    ends = np.cumsum([s["seconds"] for s in stages]) / 60
+    ax.plot(ends, [s["mean_iou_128"] for s in stages], "o-", color="tab:blue")
+    for end, s in zip(ends, stages, strict=True):
+        ax.annotate(s["variant"], (end, s["mean_iou_128"]), fontsize=7, xytext=(3, -9),
+                    textcoords="offset points")
+    ax.axvline(TARGETS["retrain_s"] / 60, color="k", ls="--", lw=0.8, label="10-minute target")
+    ax.axhline(TARGETS["retrain_fcn8s_mean_iou"], color="tab:red", ls="--", lw=0.8,
+               label="FCN-8s target")
+    ax.set_xlabel("minutes since the retrain started")
+    ax.set_ylabel("mean IoU, fresh 128-px images")
+    ax.set_ylim(0, 1)
+    ax.set_title("In-class retrain")
+
+
+def _run_retrain(s: dict, progress) -> dict:
+    import tempfile
+
+    from fcn_lesson.cli import retrain_chain
+
+    with tempfile.TemporaryDirectory() as out:
+        result = retrain_chain(Path(out), s["retrain_scale"], say=progress)
+    for stage in result["stages"]:
+        del stage["checkpoint"]  # gone with the temporary folder
+    return result
+
+
 def _run_train(s: dict, progress) -> dict:
     result = {"cpu": bench_train_cpu(s["train_size"], s["train_batch"], s["repeat"]),
               "gpu": bench_train_gpu(batch=s["gpu_batch"], repeat=s["repeat"], with_compile=s["compile"])}
@@ -671,6 +716,7 @@ PARTS = {
     "train": Part(_run_train, _report_train, _plot_train),
     "memory": Part(lambda s, progress: bench_memory(s["sizes"], s["train_size"], s["train_batch"]),
                    _report_memory, _plot_memory),
+    "retrain": Part(_run_retrain, _report_retrain, _plot_retrain),
 }
 
 
@@ -699,19 +745,21 @@ def plot(results: dict, path: Path) -> Path:
 
 def run(parts=tuple(PARTS), sizes=(128, 512), repeat: int = 10, out: Path = Path("bench-output"),
         notebook_dir: Path = NOTEBOOK_DIR, train_size: int = classroom.IMAGE_SIZE, train_batch: int = 16,
-        gpu_batch: int = 16, with_compile: bool = True, progress=print) -> dict:
+        gpu_batch: int = 16, with_compile: bool = True, retrain_scale: float = 1.0, progress=print) -> dict:
     """Run the chosen parts; write bench.json, bench.txt and bench.png under `out`."""
     unknown = [p for p in parts if p not in PARTS]
     if unknown or not parts:
         raise ValueError(f"unknown parts {unknown}; choose from {', '.join(PARTS)}")
     if repeat < 1 or not sizes or min(sizes) < 1 or train_size < 1 or min(train_batch, gpu_batch) < 1:
         raise ValueError("repeat, sizes, train size and batches must be >= 1")
+    if not 0 < retrain_scale <= 1:
+        raise ValueError(f"retrain scale must be in (0, 1], got {retrain_scale:g}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = {"machine": machine(),
                "settings": {"parts": list(parts), "sizes": list(sizes), "repeat": repeat,
                             "train_size": train_size, "train_batch": train_batch, "gpu_batch": gpu_batch,
-                            "compile": with_compile}}
+                            "compile": with_compile, "retrain_scale": retrain_scale}}
     settings = {**results["settings"], "notebook_dir": notebook_dir}
     for part in PARTS:
         if part not in parts:
@@ -770,11 +818,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="batch of the GPU training benchmark (full-width FCN-8s, 512x512)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                    help="also time torch.compile in the GPU training benchmark")
+    p.add_argument("--retrain-scale", type=float, default=1.0,
+                   help="share of the in-class retrain's images to train on (1: the recipe as documented)")
 
 
 def main(args: argparse.Namespace) -> int:
     results = run(args.parts, args.sizes, args.repeat, args.out, args.notebook_dir, args.train_size,
-                  args.train_batch, args.gpu_batch, args.compile)
+                  args.train_batch, args.gpu_batch, args.compile, args.retrain_scale)
     failed = [r["notebook"] for r in results.get("notebooks", {}).get("rows", []) if r["error"]]
     return 1 if failed else 0
 

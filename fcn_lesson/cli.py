@@ -1,4 +1,5 @@
-"""Command line: python -m fcn_lesson {train-classifier,train,evaluate,predict} --help.
+"""Command line: python -m fcn_lesson COMMAND --help, for the commands train-classifier, train,
+transfer-experiment, retrain (the in-class chain), evaluate and predict.
 
 The benchmark lives outside the lesson: `python -m benchmarks --help` from the repository.
 
@@ -45,6 +46,14 @@ RECIPES = {
             "train_images": None, "val_images": None, "num_workers": 4},
 }
 EVAL_DEFAULTS = {"shapes": {"images": 200, "batch_size": 16}, "voc": {"images": None, "batch_size": 1}}
+
+# The in-class retrain (`retrain`; data/README.md): the whole stage-wise chain from the shipped
+# classroom classifier, sized for about 10 minutes on a 2-core laptop CPU. Per stage: the variant,
+# its passes over the training images and how many images it draws; the flags all stages share;
+# the validation images scored after every epoch.
+IN_CLASS_CHAIN = (("fcn32s", 2, 3000), ("fcn16s", 3, 3000), ("fcn8s", 8, 3000))
+IN_CLASS_FLAGS = ["--train-sizes", "96,128,160", "--photo", "0.3", "--lr", "1e-3"]
+IN_CLASS_VAL_IMAGES = 100
 
 LR_HELP = f"""learning rate (default: {RECIPES['shapes']['lr']:g} for shapes, with cosine decay; for voc,
 fixed, {RECIPES['voc']['lr']:g} for a net started from ImageNet and 100x smaller per stage when started
@@ -258,6 +267,56 @@ def _transfer_experiment(args) -> int:
     transfer.save(args.out, rows, settings)
     print(transfer.table(rows))
     print(f"wrote {args.out}")
+    return 0
+
+
+# --- retrain (in class) ----------------------------------------------------------------
+
+def in_class_commands(out_dir: Path, scale: float = 1.0) -> list[list[str]]:
+    """The `train` command lines of the in-class retrain, stage by stage, each stage started from
+    the one before and the first from the shipped classifier. `scale` multiplies the numbers of
+    training and validation images (a quick run to see that it works; its models are then
+    untrained)."""
+    commands, init = [], str(classroom.classifier_path())
+    val_images = max(8, round(IN_CLASS_VAL_IMAGES * scale))
+    for variant, epochs, images in IN_CLASS_CHAIN:
+        out = Path(out_dir) / f"{variant}.pt"
+        commands.append(["train", "--variant", variant, "--init", init, "--out", str(out),
+                         "--epochs", str(epochs), "--train-images", str(max(16, round(images * scale))),
+                         "--val-images", str(val_images), *IN_CLASS_FLAGS])
+        init = str(out)
+    return commands
+
+
+def retrain_chain(out_dir: Path, scale: float = 1.0, eval_images: int = 100, say=print) -> dict:
+    """Run the in-class retrain into `out_dir`; then score each stage's net on `eval_images`
+    fresh images at 128 px (`classroom.validation_set`). Returns seconds and mean IoU per stage,
+    and the total training seconds (scoring not included)."""
+    from fcn_lesson.engine.checkpoint import load_checkpoint
+    from fcn_lesson.engine.loop import evaluate
+
+    stages = []
+    for command in in_class_commands(out_dir, scale):
+        say("python -m fcn_lesson " + " ".join(command))
+        start = time.perf_counter()
+        if main(command) != 0:
+            raise RuntimeError(f"the in-class retrain stopped at {command[2]}; see the error above")
+        stages.append({"variant": command[2], "seconds": round(time.perf_counter() - start, 1),
+                       "checkpoint": command[command.index("--out") + 1]})
+    data = classroom.validation_set(eval_images)
+    for stage in stages:
+        model, _ = load_checkpoint(stage["checkpoint"], device="cpu")
+        stage["mean_iou_128"] = round(evaluate(model, data, device="cpu")["mean_iou"], 4)
+    return {"stages": stages, "train_seconds": round(sum(s["seconds"] for s in stages), 1),
+            "eval_images": eval_images, "scale": scale}
+
+
+def _retrain(args) -> int:
+    result = retrain_chain(Path(args.out_dir), args.scale, args.eval_images)
+    for s in result["stages"]:
+        print(f"{s['variant']}: {s['seconds']:.0f} s, mean IoU {s['mean_iou_128']:.3f} on "
+              f"{args.eval_images} fresh 128-px images ({s['checkpoint']})")
+    print(f"the whole chain trained in {result['train_seconds'] / 60:.1f} min")
     return 0
 
 
@@ -524,6 +583,23 @@ def _add_transfer_experiment(sub) -> None:
     x.set_defaults(func=_transfer_experiment)
 
 
+def _add_retrain(sub) -> None:
+    """`retrain`: the in-class chain, in one command."""
+    r = sub.add_parser("retrain", formatter_class=_HelpFormatter,
+                       help="retrain FCN-32s -> 16s -> 8s from the shipped classifier (in class)",
+                       description="The in-class retrain: the stage-wise chain FCN-32s -> FCN-16s -> "
+                                   "FCN-8s, the first started from the shipped classroom classifier, "
+                                   "sized for about 10 minutes on a 2-core laptop. Prints each stage's "
+                                   "`train` command (copy and change it to experiment), then each net's "
+                                   "mean IoU on fresh 128-px images. An interrupted run continues where "
+                                   "it stopped when run again.")
+    r.add_argument("--out-dir", default="checkpoints/class", help="where the three checkpoints go")
+    r.add_argument("--scale", type=float, default=1.0,
+                   help="multiply every stage's training images (e.g. 0.05 for a quick check that it runs)")
+    r.add_argument("--eval-images", type=int, default=100, help="fresh images to score each net on")
+    r.set_defaults(func=_retrain)
+
+
 def _add_evaluate_and_predict(sub) -> None:
     """`evaluate` and `predict`, which share how a model is chosen."""
     for name, func, text in (("evaluate", _evaluate, "score a checkpoint on fresh shapes images or VOC"),
@@ -561,7 +637,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    for add in (_add_train, _add_train_classifier, _add_transfer_experiment, _add_evaluate_and_predict):
+    for add in (_add_train, _add_train_classifier, _add_transfer_experiment, _add_retrain,
+                _add_evaluate_and_predict):
         add(sub)
     return parser
 

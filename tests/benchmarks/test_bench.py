@@ -159,7 +159,8 @@ def smoke(tmp_path_factory):
     before = path.read_bytes()
     out = tmp_path_factory.mktemp("bench")
     code = cli(["--sizes", "32", "--repeat", "1", "--train-size", "32", "--train-batch", "2",
-                 "--notebook-dir", str(notebooks), "--out", str(out), "--no-compile"])
+                 "--notebook-dir", str(notebooks), "--out", str(out), "--no-compile",
+                 "--retrain-scale", "0.0001"])
     return {"code": code, "out": out, "notebook": path, "before": before,
             "results": json.loads((out / "bench.json").read_text())}
 
@@ -172,7 +173,7 @@ def test_smoke_run_writes_json_text_and_png(smoke):
     assert (smoke["out"] / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = (smoke["out"] / "bench.txt").read_text()
     for heading in ("1. Notebooks", "2. CPU inference", "3. Widget callback", "4. Training", "5. Peak memory",
-                    "Targets"):
+                    "6. In-class retrain", "Targets"):
         assert heading in text
 
 
@@ -206,6 +207,18 @@ def test_smoke_latency_widgets_train_memory_rows(smoke):
     memory = {r["workload"].split(",")[0]: r["peak_rss_mb"] for r in results["memory"]["rows"]}
     # each workload in its own process: training holds more than a bare import
     assert memory["FCN-8s classroom training"] > memory["import torch + fcn_lesson"] > 50
+
+
+def test_smoke_retrain_row_times_the_chain_and_judges_it(smoke):
+    retrain = smoke["results"]["retrain"]
+    assert [s["variant"] for s in retrain["stages"]] == ["fcn32s", "fcn16s", "fcn8s"]
+    assert all(s["seconds"] > 0 and 0 <= s["mean_iou_128"] <= 1 for s in retrain["stages"])
+    assert retrain["scale"] == 0.0001
+    targets = {t["target"]: t for t in smoke["results"]["targets"]}
+    time_row = targets["in-class retrain, whole chain (s, scale 0.0001)"]
+    assert time_row["value"] == retrain["train_seconds"] and time_row["met"]
+    # a chain of a few steps per stage has not learned to segment: the target says so
+    assert not targets["in-class retrain, FCN-8s mean IoU at 128 px"]["met"]
 
 
 @pytest.mark.skipif(not no_cuda, reason="checks the message shown when there is no GPU")

@@ -264,3 +264,23 @@ def test_epoch_summary_is_short_lines_that_keep_every_number():
     # A notebook's output area is about 100 characters wide at the default font.
     assert max(map(len, lines)) <= 95
     assert epoch_summary({k: v for k, v in record.items() if not k.startswith("val_")}) == lines[0]
+
+
+def test_the_in_class_retrain_chains_the_stages_from_the_classifier(tmp_path, capsys):
+    from fcn_lesson import classroom
+    from fcn_lesson.cli import IN_CLASS_CHAIN, retrain_chain
+    from fcn_lesson.engine.checkpoint import read_meta
+
+    # scale: 16 images a stage, one step per epoch: that the chain runs, not what it reaches
+    result = retrain_chain(tmp_path, scale=1e-4, eval_images=4)
+    stages = result["stages"]
+    variants = [s["variant"] for s in stages]
+    assert variants == [v for v, _, _ in IN_CLASS_CHAIN] == ["fcn32s", "fcn16s", "fcn8s"]
+    inits = [read_meta(s["checkpoint"])["training"]["init"] for s in stages]
+    assert inits == [str(classroom.classifier_path()), stages[0]["checkpoint"], stages[1]["checkpoint"]]
+    for stage, (_, epochs, _) in zip(stages, IN_CLASS_CHAIN, strict=True):
+        assert len(read_meta(stage["checkpoint"])["history"]) == epochs
+        assert 0 <= stage["mean_iou_128"] <= 1
+    assert result["train_seconds"] == pytest.approx(sum(s["seconds"] for s in stages), abs=0.2)
+    printed = capsys.readouterr().out
+    assert printed.count("python -m fcn_lesson train --variant") == 3
