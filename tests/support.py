@@ -38,6 +38,17 @@ def fastest_seconds(call, repeats: int = 5) -> float:
     return min(timings)
 
 
+def median_move_seconds(control, values) -> float:
+    """The median time of setting `control.value` to each of `values` in turn, as a student's
+    move does: the explorer's `update()` and `render()` run inside each assignment."""
+    timings = []
+    for value in values:
+        start = time.perf_counter()
+        control.value = value
+        timings.append(time.perf_counter() - start)
+    return sorted(timings)[len(timings) // 2]
+
+
 def smallest_text_px(figure, shown_width_px: float = 900, dpi: float = 100) -> float:
     """The height in screen pixels of the figure's smallest visible text when a notebook shows
     it at `dpi` but at most `shown_width_px` wide (wider figures are scaled down to fit)."""

@@ -62,6 +62,15 @@ class OutputGrid:
         xs = self.stage.center + 0.5 + self.stage.stride * np.arange(w)
         return np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)
 
+    def frame(self, margin: int = 8) -> tuple[float, ...]:
+        """(top, left, bottom, right): the image and every cell's receptive field, `margin`
+        pixels more on each side. It depends on the image size and head only, so a picture
+        of this extent holds still while the chosen cell moves."""
+        h, w = self.map_size
+        first, last = self.stage.box(0, 0), self.stage.box(h - 1, w - 1)
+        return (min(0, first[0]) - margin, min(0, first[1]) - margin,
+                max(self.height, last[2]) + margin, max(self.width, last[3]) + margin)
+
 
 def output_grid(height: int, width: int, row: int = 0, col: int = 0,
                 head: str = "convolutionalized VGG16") -> OutputGrid:
@@ -74,67 +83,49 @@ def output_grid(height: int, width: int, row: int = 0, col: int = 0,
                       receptive_field=stage.box(row, col))
 
 
-class GridArtists:
-    """The picture: the image with the stride grid, every cell's centre, and the chosen cell's
-    window and receptive field; beside it the score map with the chosen cell. Built once and
-    moved by `set`, so an update never rebuilds the figure."""
-
-    def __init__(self, figure, image: np.ndarray):
-        self.image = image
-        self.ax, self.map_ax = figure.subplots(1, 2, gridspec_kw={"width_ratios": (3, 1.2)})
-        ax = self.ax
-        ax.set_facecolor("0.85")  # outside the image: what zero padding sees
-        self.picture = ax.imshow(image, interpolation="nearest")
-        self.grid = LineCollection([], colors="white", linewidths=0.5, alpha=0.6)
-        ax.add_collection(self.grid)
-        self.centres = ax.scatter([], [], s=8, color="black", label="cell centres")
-        self.rf = Rectangle((0, 0), 1, 1, fill=False, edgecolor="tab:red", linestyle="--",
-                            linewidth=2, label="receptive field")
-        self.window = Rectangle((0, 0), 1, 1, facecolor=(0.12, 0.47, 0.71, 0.25),
-                                edgecolor="tab:blue", linewidth=2.5,
-                                label=f"{VGG_INPUT}-px window")
-        ax.add_patch(self.rf)
-        ax.add_patch(self.window)
-        (self.centre,) = ax.plot([], [], "X", color="tab:red", markersize=10)
-        ax.legend(loc="upper right", fontsize=8, framealpha=0.8)
-        ax.set_xlabel("x (pixels)")
-        ax.set_ylabel("y (pixels)")
-        self.map = self.map_ax.imshow(np.zeros((1, 1)), cmap="Greys", vmin=0, vmax=1)
-        self.map_cell = Rectangle((0, 0), 1, 1, facecolor="tab:blue", edgecolor="tab:red")
-        self.map_ax.add_patch(self.map_cell)
-        self.map_ax.set_xlabel("column")
-        self.map_ax.set_ylabel("row")
-
-    def set(self, grid: OutputGrid) -> None:
-        h, w = grid.map_size
-        row, col = grid.cell
-        top, left, bottom, right = grid.window
-        self.picture.set_data(self.image[:grid.height, :grid.width])
-        self.picture.set_extent((0, grid.width, grid.height, 0))
-        stride = grid.stage.stride
-        xs, ys = np.arange(0, grid.width + 1, stride), np.arange(0, grid.height + 1, stride)
-        self.grid.set_segments([((x, 0), (x, grid.height)) for x in xs]
-                               + [((0, y), (grid.width, y)) for y in ys])
-        self.centres.set_offsets(grid.centers())
-        self.window.set_bounds(left, top, right - left, bottom - top)
-        rf_top, rf_left, rf_bottom, rf_right = grid.receptive_field
-        self.rf.set_bounds(rf_left, rf_top, rf_right - rf_left, rf_bottom - rf_top)
-        self.centre.set_data([(left + right) / 2], [(top + bottom) / 2])
-        # Room for every cell's receptive field, so the frame holds still as the cell moves.
-        first = grid.stage.box(0, 0)
-        last = grid.stage.box(h - 1, w - 1)
-        self.ax.set_xlim(min(0, first[1]) - 8, max(grid.width, last[3]) + 8)
-        self.ax.set_ylim(max(grid.height, last[2]) + 8, min(0, first[0]) - 8)
-        self.ax.set_title(f"{grid.height} x {grid.width} image: cell ({row}, {col}) of the "
-                          f"{h} x {w} score map", fontsize=10)
-        self.map.set_data(np.zeros((h, w)))
-        self.map.set_extent((-0.5, w - 0.5, h - 0.5, -0.5))
-        self.map_ax.set_xticks(np.arange(w + 1) - 0.5, minor=True)
-        self.map_ax.set_yticks(np.arange(h + 1) - 0.5, minor=True)
-        self.map_ax.grid(which="minor", color="0.7", linewidth=0.5)
-        self.map_ax.tick_params(which="minor", length=0)
-        self.map_cell.set_bounds(col - 0.5, row - 0.5, 1, 1)
-        self.map_ax.set_title(f"score map {h} x {w}\n({grid.head})", fontsize=9)
+def draw_output_grid(figure, grid: OutputGrid, image: np.ndarray) -> None:
+    """Draw `grid` on `figure`: the image with the stride grid, every cell's centre, and the
+    chosen cell's window and receptive field; beside it the score map with the chosen cell."""
+    ax, map_ax = figure.subplots(1, 2, gridspec_kw={"width_ratios": (3, 1.2)})
+    h, w = grid.map_size
+    row, col = grid.cell
+    ax.set_facecolor("0.85")  # outside the image: what zero padding sees
+    ax.imshow(image[:grid.height, :grid.width], interpolation="nearest",
+              extent=(0, grid.width, grid.height, 0))
+    stride = grid.stage.stride
+    xs, ys = np.arange(0, grid.width + 1, stride), np.arange(0, grid.height + 1, stride)
+    ax.add_collection(LineCollection([((x, 0), (x, grid.height)) for x in xs]
+                                     + [((0, y), (grid.width, y)) for y in ys],
+                                     colors="white", linewidths=0.5, alpha=0.6))
+    ax.scatter(*grid.centers().T, s=8, color="black", label="cell centres")
+    rf_top, rf_left, rf_bottom, rf_right = grid.receptive_field
+    ax.add_patch(Rectangle((rf_left, rf_top), rf_right - rf_left, rf_bottom - rf_top, fill=False,
+                           edgecolor="tab:red", linestyle="--", linewidth=2,
+                           label="receptive field"))
+    top, left, bottom, right = grid.window
+    ax.add_patch(Rectangle((left, top), right - left, bottom - top,
+                           facecolor=(0.12, 0.47, 0.71, 0.25), edgecolor="tab:blue",
+                           linewidth=2.5, label=f"{VGG_INPUT}-px window"))
+    ax.plot([(left + right) / 2], [(top + bottom) / 2], "X", color="tab:red", markersize=10)
+    ax.legend(loc="upper right", fontsize=8, framealpha=0.8)
+    ax.set_xlabel("x (pixels)")
+    ax.set_ylabel("y (pixels)")
+    # Room for every cell's receptive field, as in the explorer.
+    frame_top, frame_left, frame_bottom, frame_right = grid.frame()
+    ax.set_xlim(frame_left, frame_right)
+    ax.set_ylim(frame_bottom, frame_top)
+    ax.set_title(f"{grid.height} x {grid.width} image: cell ({row}, {col}) of the "
+                 f"{h} x {w} score map", fontsize=10)
+    map_ax.imshow(np.zeros((h, w)), cmap="Greys", vmin=0, vmax=1)
+    map_ax.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, facecolor="tab:blue",
+                               edgecolor="tab:red"))
+    map_ax.set_xticks(np.arange(w + 1) - 0.5, minor=True)
+    map_ax.set_yticks(np.arange(h + 1) - 0.5, minor=True)
+    map_ax.grid(which="minor", color="0.7", linewidth=0.5)
+    map_ax.tick_params(which="minor", length=0)
+    map_ax.set_xlabel("column")
+    map_ax.set_ylabel("row")
+    map_ax.set_title(f"score map {h} x {w}\n({grid.head})", fontsize=9)
 
 
 def sample_canvas(seed: int = 1) -> np.ndarray:
@@ -143,7 +134,7 @@ def sample_canvas(seed: int = 1) -> np.ndarray:
 
 
 def plot_output_grid(grid: OutputGrid, image: np.ndarray | None = None):
-    """A pyplot figure of `grid`, drawn as the explorer draws it."""
+    """A pyplot figure of `grid`: the explorer's static picture (`draw_output_grid`)."""
     import matplotlib.pyplot as plt
 
     image = sample_canvas() if image is None else image
@@ -151,7 +142,7 @@ def plot_output_grid(grid: OutputGrid, image: np.ndarray | None = None):
         raise ValueError(f"image {image.shape[:2]} is smaller than the grid's input "
                          f"{(grid.height, grid.width)}")
     fig = plt.figure(figsize=(11, 4.6))
-    GridArtists(fig, image).set(grid)
+    draw_output_grid(fig, grid, image)
     fig.tight_layout()
     return fig
 

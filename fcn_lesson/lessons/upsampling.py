@@ -10,7 +10,9 @@ a constant image comes out constant only if every phase's taps add up to the sam
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -18,6 +20,7 @@ from fcn_lesson.core.upsample import bilinear_kernel
 
 __all__ = [
     "KERNEL_KINDS",
+    "Panel",
     "checkerboard_variance",
     "learned_phase_gains",
     "phase_gains",
@@ -27,12 +30,14 @@ __all__ = [
     "plot_profile_1d",
     "plot_resize_convolve",
     "plot_scatter_add",
+    "plot_upsampling",
     "resize_conv_kernel",
     "resize_convolve",
     "scatter_add_steps",
     "pattern_image",
     "transposed_upsample",
     "upsampling_kernel",
+    "upsampling_panels",
 ]
 
 KERNEL_KINDS = ("bilinear", "box")
@@ -128,11 +133,11 @@ def scatter_add_steps(x: torch.Tensor, kernel: torch.Tensor, stride: int) -> tor
     return out
 
 
-def _integer_ticks(ax) -> None:
+def _integer_ticks(ax, nbins: int = 10) -> None:
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=nbins, integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=nbins, integer=True))
 
 
 def _annotate(ax, values: torch.Tensor, fmt: str, fontsize: int = 7) -> None:
@@ -343,6 +348,54 @@ def compare_upsampling(image: torch.Tensor, factor: int, kernel_size: int,
         border_max_diff=diff[~inner].max().item(),
         gains=gains, checkerboard_var=gains.var(unbiased=False).item(),
     )
+
+
+class Panel(NamedTuple):
+    """One picture of the explorer: (H, W) values shown with `cmap` from `vmin` to `vmax`."""
+
+    title: str
+    values: np.ndarray
+    cmap: str
+    vmin: float
+    vmax: float
+
+
+# The test pattern is in [0.3, 1]; up to 1.3 leaves room for a checkerboard's brighter phases
+# (brighter still is clipped to white).
+UPSAMPLED_RANGE = (0.0, 1.3)
+
+
+def upsampling_panels(r: UpsamplingResult) -> list[Panel]:
+    """What the explorer shows for `r`, and on which colour scales: the kernel, the transposed
+    convolution, `F.interpolate`, and their difference (on a scale symmetric about 0)."""
+    limit = max(float(r.difference.abs().max()), 1e-3)
+    return [Panel("kernel", r.kernel.numpy(), "viridis", 0.0, float(r.kernel.max())),
+            Panel("transposed convolution", r.upsampled.numpy(), "gray", *UPSAMPLED_RANGE),
+            Panel("F.interpolate (bilinear)", r.reference.numpy(), "gray", *UPSAMPLED_RANGE),
+            Panel("difference: conv - interpolate", r.difference.numpy(), "RdBu_r", -limit, limit)]
+
+
+def plot_upsampling(r: UpsamplingResult):
+    """The explorer's view of `r` as a matplotlib figure, titled with the setting and its verdict.
+
+    A `Figure` outside pyplot, on an Agg canvas: nothing to close, and drawing it shows nothing
+    by itself (the explorer turns it into the PNG that readers without a kernel see)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 3.1), dpi=72, layout="constrained")
+    FigureCanvasAgg(fig)
+    for ax, panel in zip(fig.subplots(1, 4), upsampling_panels(r), strict=True):
+        im = ax.imshow(panel.values, cmap=panel.cmap, vmin=panel.vmin, vmax=panel.vmax)
+        height, width = panel.values.shape
+        ax.set_title(f"{panel.title}\n{height} x {width}", fontsize=10)
+        ax.set_xlabel("column")
+        ax.set_ylabel("row")
+        # a few whole cell indices, not one per cell crowding into each other
+        _integer_ticks(ax, nbins=5)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.suptitle(f"k = {r.kernel_size}, s = {r.factor}, {r.kind}: {r.verdict}", fontsize=10)
+    return fig
 
 
 def learned_phase_gains(weight: torch.Tensor, factor: int) -> tuple[torch.Tensor, torch.Tensor]:

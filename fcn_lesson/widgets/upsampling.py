@@ -5,6 +5,10 @@ With FCN's setting (bilinear kernel 2s, stride s, padding s/2) the difference is
 from the border. Other kernel sizes show the two ways a transposed convolution goes wrong:
 phases with unequal gains (a checkerboard) and, when kernel size and factor differ in
 parity, a half-pixel shift that no padding can remove.
+
+Each panel is an array coloured with its colormap and enlarged to a small PNG (a few
+milliseconds); titles and colour scales are HTML. Redrawing a matplotlib figure on every move
+took several times longer, mostly for its text. Matplotlib draws only the static picture.
 """
 
 from __future__ import annotations
@@ -13,29 +17,62 @@ import math
 
 import ipywidgets as widgets
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib import colormaps
 
 from fcn_lesson.lessons.upsampling import (
     KERNEL_KINDS,
+    Panel,
     UpsamplingResult,
     compare_upsampling,
     pattern_image,
+    plot_upsampling,
+    upsampling_panels,
 )
 from fcn_lesson.widgets.base import Explorer
-from fcn_lesson.widgets.png import figure_png, show_png
+from fcn_lesson.widgets.png import encode_png, figure_png, show_png
 
 __all__ = ["UpsamplingExplorer"]
+
+# Each panel is enlarged by a whole factor (pixels stay sharp squares) to at most this many
+# screen pixels a side: kernels of 1 to 32 taps and outputs of 24 to 96 pixels come out 168
+# to 216 pixels wide.
+PANEL_PX = 216
+
+
+def panel_rgb(panel: Panel) -> np.ndarray:
+    """(H, W, 3) uint8: the panel's values through its colormap, clipped to [vmin, vmax]."""
+    scaled = (panel.values - panel.vmin) / (panel.vmax - panel.vmin)
+    rgba = colormaps[panel.cmap](np.clip(scaled, 0.0, 1.0), bytes=True)
+    return np.ascontiguousarray(rgba[..., :3])
+
+
+def panel_zoom(panel: Panel) -> int:
+    return max(1, PANEL_PX // max(panel.values.shape))
+
+
+def _gradient(cmap: str) -> str:
+    """A CSS gradient through `cmap`, left (low) to right (high)."""
+    stops = colormaps[cmap](np.linspace(0.0, 1.0, 9), bytes=True)[:, :3]
+    return "linear-gradient(to right, " + ", ".join(f"rgb({r},{g},{b})" for r, g, b in stops) + ")"
+
+
+def _colour_scale(panel: Panel) -> str:
+    """The panel's colour scale as HTML: its gradient between the values at both ends."""
+    bar = (f"<span style='display:inline-block;width:100px;height:10px;margin:0 4px;"
+           f"vertical-align:middle;border:1px solid #888;background:{_gradient(panel.cmap)}'>"
+           "</span>")
+    middle = " (white: 0)" if panel.vmin == -panel.vmax else ""
+    return f"{panel.vmin:.3g}{bar}{panel.vmax:.3g}{middle}"
 
 
 class UpsamplingExplorer(Explorer):
     """Sliders for the factor and kernel size, a kernel kind, and four images: the kernel,
     the transposed convolution of a test pattern, `F.interpolate` of it, and their difference.
 
-    `update()` recomputes from the controls' values, moves the figure's artists and returns
-    the `UpsamplingResult`; moving a control calls it, then `render()` redraws the picture in
-    place (a PNG in an `ipywidgets.Image`). Display the explorer with `display(explorer)`.
+    `update()` recomputes from the controls' values, writes the readout, titles and colour
+    scales, and returns the `UpsamplingResult`; moving a control calls it, then `render()`
+    puts the four panels' PNGs in place (after the text, so they are the last to load).
+    Display the explorer with `display(explorer)`.
     """
 
     what = "upsampling explorer"
@@ -49,42 +86,20 @@ class UpsamplingExplorer(Explorer):
         self.kind = widgets.ToggleButtons(options=KERNEL_KINDS, value=kind,
                                           description="kernel")
         self.readout = widgets.HTML()
-        self.picture = widgets.Image(format="png")
-        self.figure = Figure(figsize=(11, 3), dpi=72)
-        FigureCanvasAgg(self.figure)
-        axes = self.figure.subplots(1, 4)
-        titles = ("kernel", "transposed convolution", "F.interpolate (bilinear)",
-                  "difference: conv - interpolate")
-        self._images = []
-        for ax, title, cmap in zip(axes, titles, ("viridis", "gray", "gray", "RdBu_r"),
-                                   strict=True):
-            self._images.append(ax.imshow(np.zeros((2, 2)), cmap=cmap))
-            ax.set_title(title, fontsize=10)
-            ax.set_xlabel("column")
-            ax.set_ylabel("row")
-            # cell indices: whole numbers only (the default locator put ticks at 2.5, 7.5)
-            ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
-            ax.yaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
-        self.figure.colorbar(self._images[0], ax=axes[0], fraction=0.046)
-        self.figure.colorbar(self._images[3], ax=axes[3], fraction=0.046)
+        self.pictures = [widgets.Image(format="png") for _ in range(4)]
+        self.titles = [widgets.HTML() for _ in range(4)]
+        self.scales = [widgets.HTML() for _ in range(4)]
         self._start((self.factor, self.kernel_size, self.kind))
 
     def update(self) -> UpsamplingResult:
         r = compare_upsampling(self.image, self.factor.value, self.kernel_size.value,
                                self.kind.value)
-        kernel_im, conv_im, ref_im, diff_im = self._images
-        for im, data in ((kernel_im, r.kernel), (conv_im, r.upsampled), (ref_im, r.reference),
-                         (diff_im, r.difference)):
-            im.set_data(data.numpy())
-            h, w = data.shape
-            im.set_extent((-0.5, w - 0.5, h - 0.5, -0.5))
-            im.axes.set_xlim(-0.5, w - 0.5)
-            im.axes.set_ylim(h - 0.5, -0.5)
-        kernel_im.set_clim(0, float(r.kernel.max()))
-        for im in (conv_im, ref_im):
-            im.set_clim(0, 1.3)
-        limit = max(float(r.difference.abs().max()), 1e-3)
-        diff_im.set_clim(-limit, limit)
+        for panel, title, scale in zip(upsampling_panels(r), self.titles, self.scales,
+                                       strict=True):
+            height, width = panel.values.shape
+            what = "taps" if panel.title == "kernel" else "pixels"
+            title.value = f"<b>{panel.title}</b><br>{height} x {width} {what}"
+            scale.value = _colour_scale(panel)
         fcn = " (FCN's setting)" if r.kind == "bilinear" and r.kernel_size == 2 * r.factor else ""
         height, width = r.upsampled.shape
         if math.isnan(r.interior_max_diff):  # every pixel is within `margin` of the border
@@ -99,12 +114,22 @@ class UpsamplingExplorer(Explorer):
             f"{compared}; checkerboard variance {r.checkerboard_var:.3g}; shift {r.shift:g} px.")
         return r
 
-    def layout(self) -> None:
-        self.figure.tight_layout()
-
     def render(self) -> None:
-        show_png(self.picture, figure_png(self.figure))
+        for panel, picture in zip(upsampling_panels(self.result), self.pictures, strict=True):
+            show_png(picture, encode_png(panel_rgb(panel), panel_zoom(panel)))
+
+    def static_png(self) -> bytes:
+        """The current view as a matplotlib figure, with axes and colour bars: what a reader
+        without a kernel sees in place of the widget."""
+        return figure_png(plot_upsampling(self.result))
 
     def widget(self) -> widgets.Widget:
         controls = widgets.HBox([self.factor, self.kernel_size, self.kind])
-        return widgets.VBox([controls, self.readout, self.picture])
+        # Fixed-width columns: the panels change size with the controls, the layout does not.
+        panels = widgets.HBox(
+            [widgets.VBox(column, layout=widgets.Layout(width=f"{PANEL_PX + 14}px"))
+             for column in zip(self.titles, self.pictures, self.scales, strict=True)],
+            layout=widgets.Layout(flex_flow="row wrap"))
+        note = widgets.HTML("Each square is one pixel (in the kernel: one tap); row 0 at the top, "
+                            "column 0 at the left. Below each panel: its colour scale.")
+        return widgets.VBox([controls, self.readout, note, panels])
