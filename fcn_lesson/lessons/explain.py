@@ -274,7 +274,9 @@ def plot_pixel_explanation(explanation: PixelExplanation, image: torch.Tensor, c
     class), and a bar chart of the streams' contributions to the top k classes, titled with
     `explain_sentence`. `prediction` (H, W), if given, is drawn beside the image.
 
-    Draws into `figure` (cleared first) when given, else a new pyplot figure. Returns it.
+    Draws into `figure` when given (an empty one, e.g. a `matplotlib.figure.Figure` to draw
+    without pyplot; it is resized to fit the panels), else into a new pyplot figure. Returns it.
+    `fcn_lesson.lessons.explain_panels` draws the same panels fast enough for a slider.
     """
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
@@ -288,21 +290,13 @@ def plot_pixel_explanation(explanation: PixelExplanation, image: torch.Tensor, c
     streams = e.streams
     panels = 2 + len(streams) + (prediction is not None)
     ratios = [1] * (panels - 1) + [1.3]
+    size = (2.7 * panels + 0.8, 3.7)
     if figure is None:
-        figure = plt.figure(figsize=(2.7 * panels + 0.8, 3.7), layout="constrained")
-        axes = figure.subplots(1, panels, width_ratios=ratios)
-    elif len(figure.axes) == panels:
-        # Redrawn on every slider move: the same axes, emptied (creating them again took most
-        # of the time of an update).
-        axes = figure.axes
-        for ax in axes:
-            ax.clear()
+        figure = plt.figure(figsize=size, layout="constrained")
     else:
-        # A figure that is redrawn on every slider move gets fixed margins: a layout engine
-        # would measure every tick label again each time, which is most of the drawing time.
-        figure.clear()
-        axes = figure.subplots(1, panels, width_ratios=ratios, gridspec_kw=dict(
-            left=0.035, right=0.99, bottom=0.09, top=0.8, wspace=0.28))
+        figure.set_size_inches(size)
+        figure.set_layout_engine("constrained")
+    axes = figure.subplots(1, panels, width_ratios=ratios)
     p = e.prediction
 
     def pixel_image(ax, title, ticks=False):
@@ -315,8 +309,8 @@ def plot_pixel_explanation(explanation: PixelExplanation, image: torch.Tensor, c
         if ticks:
             ax.tick_params(labelsize=8)
         else:
-            # Pixel coordinates on the first panel only: tick labels are most of the drawing
-            # time, and the explorer redraws on every slider move.
+            # Pixel coordinates on the first panel only: the others are zoomed or share its
+            # coordinates, and their ticks would only crowd the row.
             ax.set_xticks([])
             ax.set_yticks([])
 

@@ -1,9 +1,12 @@
 """Notebook 5's pixel explorer: pick an image and a pixel, see why the net predicts what it does.
 
-The figure is `plot_pixel_explanation`: the receptive fields of the pixel, the score-map cells
-at strides 32, 16 and 8 that feed it, and the streams' contributions to the top classes, under
-the sentence that explains the prediction. The backbone runs once per (model, image); a row or
-column move only redoes `explain_from_maps` on the cached score maps and redraws.
+It shows what `plot_pixel_explanation` draws, as separate panels fast enough to follow a
+slider (`fcn_lesson.lessons.explain_panels`): the receptive fields of the pixel, the prediction,
+the score-map cells at strides 32, 16 and 8 that feed the pixel, and the streams' contributions
+to the top classes, with the sentence that explains the prediction. The backbone runs once per
+(model, image); a row or column move only redoes `explain_from_maps` on the cached score maps
+and redraws five small PNGs and an SVG chart. `static_png` draws the matplotlib figure, for
+readers without a kernel.
 """
 
 from __future__ import annotations
@@ -21,16 +24,35 @@ from fcn_lesson.core.geometry import stage_table
 from fcn_lesson.core.models import FCN
 from fcn_lesson.datasets.shapes import CLASSES, PALETTE
 from fcn_lesson.lessons.explain import (
+    SOURCES,
+    STREAMS,
     PixelExplanation,
     explain_from_maps,
     explain_sentence,
     plot_pixel_explanation,
     score_maps,
 )
+from fcn_lesson.lessons.explain_panels import (
+    contributions_svg,
+    feeding_panel,
+    feeding_side,
+    pixel_panel,
+    receptive_field_panel,
+    stream_rgb,
+    swatch,
+)
+from fcn_lesson.lessons.viz import colorize, to_numpy_image
 from fcn_lesson.widgets.base import Explorer, check_models_and_dataset
-from fcn_lesson.widgets.png import figure_png, show_png
+from fcn_lesson.widgets.png import encode_png, figure_png, show_png
 
 __all__ = ["PixelExplorer", "PixelView"]
+
+_CELLS_CAPTION = (
+    "Below, one panel per stream: the cells of its score map that feed the pixel (+), in a window "
+    "four cells wide (fc7's at the scale of the image above, pool4's 2&times; and pool3's 4&times; "
+    "closer; grey lies past the image). A cell is red where it adds to the predicted class and blue "
+    "where it takes away, scaled to the panel's strongest cell; its number is what it adds to that "
+    "class's logit.")
 
 
 @dataclass(frozen=True)
@@ -45,26 +67,31 @@ class PixelView:
 
 
 class PixelExplorer(Explorer):
-    """A model menu (when given several), image, row and column sliders; the figure explains
+    """A model menu (when given several), image, row and column sliders; the panels explain
     the chosen pixel's prediction stream by stream.
 
-    `update()` reads the controls, redraws the figure and returns a `PixelView` (kept as
-    `.result`); moving a control calls it, then `render()` puts the figure into `picture`.
-    `dataset[i]` must give (image (3, H, W), mask (H, W)). Display with `display(explorer)`.
+    `update()` reads the controls, redraws the panels (`panels`, PNGs in `ipywidgets.Image`s;
+    `chart`, an SVG bar chart) and returns a `PixelView` (kept as `.result`); moving a control
+    calls it. `dataset[i]` must give (image (3, H, W), mask (H, W)); `zoom` enlarges the image
+    panels. Display with `display(explorer)`.
     """
 
     what = "pixel explorer"
 
     def __init__(self, models: FCN | Mapping[str, FCN], dataset, *, image: int = 0,
                  row: int | None = None, col: int | None = None, classes=CLASSES,
-                 palette=PALETTE, cache_size: int = 8):
+                 palette=PALETTE, zoom: int = 2, cache_size: int = 8):
         models = check_models_and_dataset(models, dataset, image)
         if any(m.num_classes != len(classes) for m in models.values()):
             raise ValueError(f"{len(classes)} class names for models with "
                              f"{sorted({m.num_classes for m in models.values()})} classes")
         self.models, self.dataset = dict(models), dataset
-        self.classes, self.palette, self.cache_size = tuple(classes), palette, cache_size
+        self.classes, self.palette, self.zoom = tuple(classes), palette, zoom
+        self.cache_size = cache_size
         self._cache: OrderedDict[tuple[str, int], dict] = OrderedDict()
+        # Every model's maps of the first image now, so the model menu never waits for a backbone.
+        for name in self.models:
+            self._entry(name, image)
         first = next(iter(self.models))
         height, width = self._entry(first, image)["size"]
         row = height // 2 if row is None else row
@@ -77,15 +104,26 @@ class PixelExplorer(Explorer):
         self.row = widgets.IntSlider(row, min=0, max=height - 1, description="row")
         self.col = widgets.IntSlider(col, min=0, max=width - 1, description="column")
         self.readout = widgets.HTML()
-        self.picture = widgets.Image(format="png")
-        self.figure = Figure(figsize=(13.5, 3.9), dpi=72, layout="constrained")
-        FigureCanvasAgg(self.figure)
+        names = ("receptive fields", "prediction", *STREAMS)
+        self.panels = {name: widgets.Image(format="png") for name in names}
+        self.titles = {name: widgets.HTML() for name in names}
+        for s in STREAMS:  # as wide as their panels, so that long titles wrap
+            self.titles[s].layout.width = f"{feeding_side(zoom)}px"
+        self.titles["chart"] = widgets.HTML("<b>what each stream adds to the top classes</b>")
+        self.chart = widgets.HTML()
+        self.field_legend = widgets.HTML()
+        colours = colorize(torch.arange(len(self.classes))[None], palette)[0]  # (K, 3) uint8
+        self.class_legend = widgets.HTML("prediction: " + "".join(
+            swatch(rgb, name) for name, rgb in zip(self.classes, colours, strict=True)))
+        self.cells_caption = widgets.HTML(_CELLS_CAPTION)
+        # One stream's title and panel, hidden while the chosen model lacks that stream
+        self._feeding = {s: widgets.VBox([self.titles[s], self.panels[s]]) for s in STREAMS}
         self._start((self.model, self.image, self.row, self.col))
 
     @torch.no_grad()
     def _entry(self, name: str, index: int) -> dict:
         """The backbone's work for one (model, image), done once: the streams' score maps, the
-        prediction, and the geometry of every stage."""
+        prediction, the geometry of every stage, and the pictures the panels start from."""
         key = (name, index)
         if key in self._cache:
             self._cache.move_to_end(key)
@@ -94,10 +132,11 @@ class PixelExplorer(Explorer):
         image, mask = self.dataset[index]
         maps = score_maps(model, image)
         height, width = image.shape[-2:]
-        out = model.fuse(maps, None, height, width)["out"][0]
+        prediction = model.fuse(maps, None, height, width)["out"][0].argmax(0).cpu()
         self._cache[key] = {
             "image": image, "mask": mask, "maps": maps, "size": (height, width),
-            "prediction": out.argmax(0).cpu(),
+            "prediction": prediction, "picture": to_numpy_image(image),
+            "prediction_rgb": colorize(prediction, self.palette),
             "stages": {stage.name: stage for stage in stage_table(model, height, width)},
         }
         if len(self._cache) > self.cache_size:
@@ -117,22 +156,63 @@ class PixelExplorer(Explorer):
                               entry["stages"])
         sentence = explain_sentence(e, self.classes)
         truth = int(entry["mask"][row, col])
-        plot_pixel_explanation(e, entry["image"], self.classes, self.palette,
-                               prediction=entry["prediction"], figure=self.figure)
+        predicted = self._name(e.prediction)
+        pictures = {
+            "receptive fields": receptive_field_panel(entry["picture"], e, self.zoom),
+            "prediction": pixel_panel(entry["prediction_rgb"], e, self.zoom),
+            **{s: feeding_panel(entry["picture"], e, s, self.zoom) for s in e.streams},
+        }
+
         cells = ", ".join(f"{len(f.cells)} at stride {f.stride}" for f in e.feeding.values())
         verdict = "right" if truth == e.prediction else f"wrong (truth: {self._name(truth)})"
         self.readout.value = (
             f"<b>{name}, image {index}, pixel ({row}, {col})</b>: predicts "
-            f"<b>{self._name(e.prediction)}</b>, {verdict}. {sentence}. Feeding cells: {cells}.")
+            f"<b>{predicted}</b>, {verdict}. {sentence}. Feeding cells: {cells}.")
+        self.titles["receptive fields"].value = f"<b>pixel ({row}, {col}): receptive fields</b>"
+        self.titles["prediction"].value = f"<b>{name} predicts: {predicted}</b>"
+        for s in e.streams:
+            self.titles[s].value = (f"<b>{SOURCES[s]} cells (stride {e.feeding[s].stride}) add "
+                                    f"{float(e.contributions[s][e.prediction]):+.1f} to {predicted}</b>")
+        self.field_legend.value = "receptive fields: " + "".join(
+            swatch(stream_rgb(s), f"{SOURCES[s]} {self._side(e, s)}") for s in e.streams)
+        self.chart.value = contributions_svg(e, self.classes)
+        for s, box in self._feeding.items():
+            box.layout.display = "" if s in e.streams else "none"
+        # The images last: the browser has the titles by the time the pictures load.
+        for key, rgb in pictures.items():
+            show_png(self.panels[key], encode_png(rgb))
         return PixelView(name, index, e, sentence, truth)
+
+    @staticmethod
+    def _side(e: PixelExplanation, stream: str) -> str:
+        """A stream's receptive field in words: its side, and whether it reaches past the image."""
+        top, left, bottom, right = e.receptive_fields[stream]
+        height, width = e.image_size
+        beyond = top < 0 or left < 0 or bottom > height or right > width
+        return f"{right - left:g} px" + (" (past the image)" if beyond else "")
 
     def _name(self, k: int) -> str:
         return self.classes[k] if 0 <= k < len(self.classes) else f"label {k}"
 
     def render(self) -> None:
-        show_png(self.picture, figure_png(self.figure))
+        """Nothing to add: `update` has already put the panels' PNGs in place."""
 
     def widget(self) -> widgets.Widget:
         controls = widgets.HBox([widgets.VBox([self.model, self.image]),
                                  widgets.VBox([self.row, self.col])])
-        return widgets.VBox([controls, self.readout, self.picture])
+        top = widgets.HBox([widgets.VBox([self.titles[name], self.panels[name]])
+                            for name in ("receptive fields", "prediction")]
+                           + [widgets.VBox([self.titles["chart"], self.chart])])
+        return widgets.VBox([controls, self.readout, top, self.field_legend, self.class_legend,
+                             widgets.HBox(list(self._feeding.values())), self.cells_caption])
+
+    def static_png(self) -> bytes:
+        """The current view as one matplotlib figure (`plot_pixel_explanation`): what a reader
+        without a kernel sees in place of the widget."""
+        v = self.result
+        entry = self._entry(v.model, v.image_index)
+        figure = Figure(dpi=72)
+        FigureCanvasAgg(figure)
+        plot_pixel_explanation(v.explanation, entry["image"], self.classes, self.palette,
+                               prediction=entry["prediction"], figure=figure)
+        return figure_png(figure)
