@@ -288,6 +288,25 @@ def in_class_commands(out_dir: Path, scale: float = 1.0) -> list[list[str]]:
     return commands
 
 
+def command_line(command: list[str], width: int = 88) -> str:
+    """`python -m fcn_lesson COMMAND ...` as shell lines of at most about `width` characters,
+    continued with backslashes, each flag kept with its value (a notebook wraps a long line
+    wherever the width runs out, often mid-word)."""
+    groups = []
+    for word in ["python", "-m", "fcn_lesson", *command]:
+        if groups and not word.startswith("--") and groups[-1].startswith("--") and " " not in groups[-1]:
+            groups[-1] += " " + word
+        else:
+            groups.append(word)
+    lines = [groups[0]]
+    for group in groups[1:]:
+        if len(lines[-1]) + 1 + len(group) > width - 2:
+            lines.append("    " + group)
+        else:
+            lines[-1] += " " + group
+    return " \\\n".join(lines)
+
+
 def retrain_chain(out_dir: Path, scale: float = 1.0, eval_images: int = 100, say=print) -> dict:
     """Run the in-class retrain into `out_dir`; then score each stage's net on `eval_images`
     fresh images at 128 px (`classroom.validation_set`). Returns seconds and mean IoU per stage,
@@ -297,7 +316,7 @@ def retrain_chain(out_dir: Path, scale: float = 1.0, eval_images: int = 100, say
 
     stages = []
     for command in in_class_commands(out_dir, scale):
-        say("python -m fcn_lesson " + " ".join(command))
+        say(command_line(command))
         start = time.perf_counter()
         if main(command) != 0:
             raise RuntimeError(f"the in-class retrain stopped at {command[2]}; see the error above")

@@ -4,6 +4,7 @@ one-line error (exit 2), never a traceback and never a half-written output file.
 import io
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -153,3 +154,15 @@ def test_an_output_path_that_cannot_be_written(tmp_path, capsys, out, reason):
     code = main(["predict", str(png), "--out", str(tmp_path / out)])
     _one_line_error(code, err := capsys.readouterr().err)
     assert reason in err
+
+
+def test_a_long_command_is_printed_as_short_shell_lines_that_join_back():
+    from fcn_lesson.cli import command_line, in_class_commands
+
+    for command in in_class_commands(Path("checkpoints/class")):
+        text = command_line(command, width=88)
+        lines = text.split(" \\\n")
+        assert len(lines) > 1 and all(len(line) <= 88 for line in lines)
+        assert " ".join(line.strip() for line in lines) == "python -m fcn_lesson " + " ".join(command)
+        # a flag stays on the line of its value
+        assert not any(line.rstrip().split()[-1].startswith("--") for line in lines)
