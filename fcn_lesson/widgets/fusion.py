@@ -2,13 +2,15 @@
 FCN-8s (or the pool4 skip of an FCN-16s) and watch the prediction, one class's score map and
 the image's mean IoU change.
 
-The backbone runs once per image; its score maps are cached, so moving a gain slider only
-re-runs `model.fuse` on them (well under a millisecond) and re-encodes four small PNGs.
+The backbone runs when the explorer is built, on every image of a small dataset at once
+(`ScoreMapCache`); a control move only re-runs `model.fuse` on the cached score maps (well under
+a millisecond) and re-encodes the PNGs that change.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import ipywidgets as widgets
 import numpy as np
@@ -23,6 +25,7 @@ from fcn_lesson.lessons.fusion import image_mean_iou
 from fcn_lesson.lessons.viz import colorize, to_numpy_image
 from fcn_lesson.widgets.base import Explorer
 from fcn_lesson.widgets.png import encode_png, figure_png, show_png
+from fcn_lesson.widgets.score_cache import ScoreMapCache
 
 __all__ = ["FusionExplorer", "FusionView"]
 
@@ -64,13 +67,17 @@ class FusionExplorer(Explorer):
     and returns a `FusionView` (kept as `.result`); moving a control calls it. Display with
     `display(explorer)`.
 
-    `dataset[i]` must give (image (3, H, W), mask (H, W)). The model is put in eval mode.
+    `dataset[i]` must give (image (3, H, W), mask (H, W)). The model is put in eval mode. The
+    backbone runs once, on the whole dataset, while the explorer is built (`ScoreMapCache`: in
+    batches, for up to 512 images; a larger dataset is run image by image on first view);
+    what each image's moves share is kept for the last `cache_size` images, and the prediction
+    for each of the last `cache_size` (image, gains) settings.
     """
 
     what = "fusion explorer"
 
     def __init__(self, model: FCN, dataset, image_index: int = 0, class_index: int | None = None,
-                 classes=CLASSES, palette=PALETTE, zoom: int = 2):
+                 classes=CLASSES, palette=PALETTE, zoom: int = 2, cache_size: int = 8):
         if not isinstance(model, FCN) or model.skips < 1:
             raise ValueError("the fusion explorer needs an FCN-16s or FCN-8s; an FCN-32s has no skip")
         if len(dataset) == 0:
@@ -81,8 +88,9 @@ class FusionExplorer(Explorer):
             raise ValueError(f"{len(classes)} class names for a model with {model.num_classes} classes")
         self.model = model.eval()
         self.dataset, self.classes, self.palette, self.zoom = dataset, tuple(classes), palette, zoom
-        self._device = next(model.parameters()).device
-        self._cache: dict[int, dict] = {}
+        self.score_maps = ScoreMapCache(self.model, dataset)
+        self._entry = lru_cache(maxsize=cache_size)(self._image_entry)
+        self._fused = lru_cache(maxsize=cache_size)(self._fuse_with_gains)
 
         self.image_index = widgets.IntSlider(image_index, min=0, max=len(dataset) - 1,
                                              description="image")
@@ -107,52 +115,59 @@ class FusionExplorer(Explorer):
         self._start((self.image_index, self.class_index, self.pool4_gain, self.pool3_gain))
 
     @torch.no_grad()
-    def _entry(self, index: int) -> dict:
-        """The cached backbone output of one image: the score maps that `fuse` starts from,
-        the trained net's scores, and the image and ground truth as PNGs."""
-        if index not in self._cache:
-            image, mask = self.dataset[index]
-            maps = self.model.forward_maps(image[None].to(self._device))
-            keep = ("score_fr", "score_pool4", "score_pool3")
-            out = maps["out"][0].cpu()
-            self._cache[index] = {
-                "maps": {k: v for k, v in maps.items() if k in keep}, "size": tuple(image.shape[-2:]),
-                "mask": mask, "trained_pred": out.argmax(0),
-                # One colour scale per image and class (the trained scores'), so moving a
-                # gain slider changes the colours, not the scale.
-                "limits": out.flatten(1).abs().amax(1).clamp_min(1e-6).tolist(),
-                "image_png": encode_png(to_numpy_image(image), self.zoom),
-                "mask_png": encode_png(colorize(mask, self.palette), self.zoom),
-            }
-        return self._cache[index]
+    def _image_entry(self, index: int) -> dict:
+        """What every move on one image starts from: its score maps (no backbone: they are
+        cached), the trained net's prediction and scores, and the image and ground truth as PNGs."""
+        image, mask = self.dataset[index]
+        maps, size = self.score_maps[index], tuple(image.shape[-2:])
+        out = self.model.fuse(maps, None, *size)["out"][0].cpu()
+        trained = out.argmax(0)
+        return {
+            "maps": maps, "size": size, "mask": mask, "trained_pred": trained,
+            "trained_mean_iou": image_mean_iou(trained, mask, self.model.num_classes),
+            # One colour scale per image and class (the trained scores'), so moving a
+            # gain slider changes the colours, not the scale.
+            "limits": out.flatten(1).abs().amax(1).clamp_min(1e-6).tolist(),
+            "image_png": encode_png(to_numpy_image(image), self.zoom),
+            "mask_png": encode_png(colorize(mask, self.palette), self.zoom),
+        }
 
     @torch.no_grad()
-    def update(self) -> FusionView:
-        index, cls = self.image_index.value, self.class_index.value
-        pool4_gain, pool3_gain = self.pool4_gain.value, self.pool3_gain.value
+    def _fuse_with_gains(self, index: int, pool4_gain: float, pool3_gain: float) -> dict:
+        """One image re-fused with these gains: the scores, the prediction (and its PNG), its
+        mean IoU and the share of pixels whose class the gains change. A class move reuses it."""
         entry = self._entry(index)
         scores = self.model.fuse(entry["maps"], None, *entry["size"], pool4_gain, pool3_gain)["out"][0]
         scores = scores.cpu()
         prediction = scores.argmax(0)
+        return {
+            "scores": scores, "prediction": prediction,
+            "png": encode_png(colorize(prediction, self.palette), self.zoom),
+            "mean_iou": image_mean_iou(prediction, entry["mask"], self.model.num_classes),
+            "changed": (prediction != entry["trained_pred"]).float().mean().item(),
+        }
+
+    def update(self) -> FusionView:
+        index, cls = self.image_index.value, self.class_index.value
+        pool4_gain, pool3_gain = self.pool4_gain.value, self.pool3_gain.value
+        entry, fused = self._entry(index), self._fused(index, pool4_gain, pool3_gain)
         limit = entry["limits"][cls]
         view = FusionView(
             image_index=index, class_index=cls, pool4_gain=pool4_gain, pool3_gain=pool3_gain,
-            prediction=prediction, class_score=scores[cls], score_limit=limit,
-            mean_iou=image_mean_iou(prediction, entry["mask"], self.model.num_classes),
-            trained_mean_iou=image_mean_iou(entry["trained_pred"], entry["mask"],
-                                            self.model.num_classes))
-        show_png(self.views["image"], entry["image_png"])
-        show_png(self.views["ground truth"], entry["mask_png"])
-        show_png(self.views["prediction"], encode_png(colorize(prediction, self.palette), self.zoom))
-        show_png(self.views["class score"], encode_png(_score_rgb(view.class_score, limit), self.zoom))
+            prediction=fused["prediction"], class_score=fused["scores"][cls], score_limit=limit,
+            mean_iou=fused["mean_iou"], trained_mean_iou=entry["trained_mean_iou"])
         self.titles["class score"].value = f"<b>score for '{self.classes[cls]}'</b>"
         self.score_scale.value = (f"colour scale: blue {-limit:.1f} · white 0 · red {limit:.1f} "
                                   "(the trained net's range on this image; beyond it, clipped)")
-        changed = (prediction != entry["trained_pred"]).float().mean().item()
         self.readout.value = (
             f"image {index}: mean IoU <b>{view.mean_iou:.3f}</b> with pool4 gain {pool4_gain:.1f}, "
             f"pool3 gain {pool3_gain:.1f} (trained net, gains 1: {view.trained_mean_iou:.3f}); "
-            f"{100 * changed:.1f}% of the pixels change class")
+            f"{100 * fused['changed']:.1f}% of the pixels change class")
+        # The pictures last: the browser has the texts by the time the images load.
+        show_png(self.views["image"], entry["image_png"])
+        show_png(self.views["ground truth"], entry["mask_png"])
+        show_png(self.views["prediction"], fused["png"])
+        show_png(self.views["class score"], encode_png(_score_rgb(view.class_score, limit), self.zoom))
         return view
 
     def render(self) -> None:

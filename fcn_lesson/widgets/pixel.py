@@ -3,17 +3,19 @@
 It shows what `plot_pixel_explanation` draws, as separate panels fast enough to follow a
 slider (`fcn_lesson.lessons.explain_panels`): the receptive fields of the pixel, the prediction,
 the score-map cells at strides 32, 16 and 8 that feed the pixel, and the streams' contributions
-to the top classes, with the sentence that explains the prediction. The backbone runs once per
-(model, image); a row or column move only redoes `explain_from_maps` on the cached score maps
-and redraws five small PNGs and an SVG chart. `static_png` draws the matplotlib figure, for
-readers without a kernel.
+to the top classes, with the sentence that explains the prediction. The backbone runs while the
+explorer is built, on every image for every model (`ScoreMapCache`); a control move only redoes
+`explain_from_maps` on the cached score maps and redraws five small PNGs and an SVG chart, and a
+setting seen recently is shown again from its cached drawing. `static_png` draws the matplotlib
+figure, for readers without a kernel.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import NamedTuple
 
 import ipywidgets as widgets
 import torch
@@ -30,7 +32,6 @@ from fcn_lesson.lessons.explain import (
     explain_from_maps,
     explain_sentence,
     plot_pixel_explanation,
-    score_maps,
 )
 from fcn_lesson.lessons.explain_panels import (
     contributions_svg,
@@ -44,6 +45,7 @@ from fcn_lesson.lessons.explain_panels import (
 from fcn_lesson.lessons.viz import colorize, to_numpy_image
 from fcn_lesson.widgets.base import Explorer, check_models_and_dataset
 from fcn_lesson.widgets.png import encode_png, figure_png, show_png
+from fcn_lesson.widgets.score_cache import ScoreMapCache
 
 __all__ = ["PixelExplorer", "PixelView"]
 
@@ -66,6 +68,15 @@ class PixelView:
     truth: int  # the ground-truth class at the pixel
 
 
+class _Drawing(NamedTuple):
+    """Everything the explorer shows for one (model, image, row, column): made once, shown
+    again as it is when the controls come back to that setting."""
+
+    view: PixelView
+    texts: dict[str, str]  # readout, titles, legend and chart, by the name of their widget
+    pngs: dict[str, bytes]  # the panels' pictures, by panel
+
+
 class PixelExplorer(Explorer):
     """A model menu (when given several), image, row and column sliders; the panels explain
     the chosen pixel's prediction stream by stream.
@@ -74,24 +85,27 @@ class PixelExplorer(Explorer):
     `chart`, an SVG bar chart) and returns a `PixelView` (kept as `.result`); moving a control
     calls it. `dataset[i]` must give (image (3, H, W), mask (H, W)); `zoom` enlarges the image
     panels. Display with `display(explorer)`.
+
+    Building it runs every model's backbone on the whole dataset (`ScoreMapCache`: in batches,
+    for up to 512 images; a larger dataset is run image by image on first view). The pictures
+    each (model, image) starts from are kept for the last `cache_size` of them, and the
+    drawings of the last `drawings` settings of the controls.
     """
 
     what = "pixel explorer"
 
     def __init__(self, models: FCN | Mapping[str, FCN], dataset, *, image: int = 0,
                  row: int | None = None, col: int | None = None, classes=CLASSES,
-                 palette=PALETTE, zoom: int = 2, cache_size: int = 8):
+                 palette=PALETTE, zoom: int = 2, cache_size: int = 8, drawings: int = 64):
         models = check_models_and_dataset(models, dataset, image)
         if any(m.num_classes != len(classes) for m in models.values()):
             raise ValueError(f"{len(classes)} class names for models with "
                              f"{sorted({m.num_classes for m in models.values()})} classes")
         self.models, self.dataset = dict(models), dataset
         self.classes, self.palette, self.zoom = tuple(classes), palette, zoom
-        self.cache_size = cache_size
-        self._cache: OrderedDict[tuple[str, int], dict] = OrderedDict()
-        # Every model's maps of the first image now, so the model menu never waits for a backbone.
-        for name in self.models:
-            self._entry(name, image)
+        self.score_maps = {name: ScoreMapCache(m, dataset) for name, m in self.models.items()}
+        self._entry = lru_cache(maxsize=cache_size)(self._image_entry)
+        self._drawing = lru_cache(maxsize=drawings)(self._draw)
         first = next(iter(self.models))
         height, width = self._entry(first, image)["size"]
         row = height // 2 if row is None else row
@@ -121,67 +135,72 @@ class PixelExplorer(Explorer):
         self._start((self.model, self.image, self.row, self.col))
 
     @torch.no_grad()
-    def _entry(self, name: str, index: int) -> dict:
-        """The backbone's work for one (model, image), done once: the streams' score maps, the
-        prediction, the geometry of every stage, and the pictures the panels start from."""
-        key = (name, index)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
+    def _image_entry(self, name: str, index: int) -> dict:
+        """What every move on one (model, image) starts from: the streams' score maps (cached,
+        no backbone), the prediction, the geometry of every stage, and the pictures the panels
+        are drawn on."""
         model = self.models[name]
         image, mask = self.dataset[index]
-        maps = score_maps(model, image)
+        maps = self.score_maps[name][index]
         height, width = image.shape[-2:]
         prediction = model.fuse(maps, None, height, width)["out"][0].argmax(0).cpu()
-        self._cache[key] = {
+        return {
             "image": image, "mask": mask, "maps": maps, "size": (height, width),
             "prediction": prediction, "picture": to_numpy_image(image),
             "prediction_rgb": colorize(prediction, self.palette),
             "stages": {stage.name: stage for stage in stage_table(model, height, width)},
         }
-        if len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return self._cache[key]
 
-    def update(self) -> PixelView:
-        name, index = self.model.value, self.image.value
+    def _draw(self, name: str, index: int, row: int, col: int) -> _Drawing:
+        """Explain pixel (row, col) of image `index` under model `name`, and draw it."""
         entry = self._entry(name, index)
-        height, width = entry["size"]
-        # A new image may be smaller: shrinking the sliders fires their observers, which
-        # `quietly` keeps out until this update ends.
-        with self.quietly():
-            self.row.max, self.col.max = height - 1, width - 1
-        row, col = self.row.value, self.col.value
-        e = explain_from_maps(self.models[name], entry["maps"], height, width, row, col,
+        e = explain_from_maps(self.models[name], entry["maps"], *entry["size"], row, col,
                               entry["stages"])
         sentence = explain_sentence(e, self.classes)
         truth = int(entry["mask"][row, col])
         predicted = self._name(e.prediction)
+        cells = ", ".join(f"{len(f.cells)} at stride {f.stride}" for f in e.feeding.values())
+        verdict = "right" if truth == e.prediction else f"wrong (truth: {self._name(truth)})"
+        texts = {
+            "readout": (f"<b>{name}, image {index}, pixel ({row}, {col})</b>: predicts "
+                        f"<b>{predicted}</b>, {verdict}. {sentence}. Feeding cells: {cells}."),
+            "receptive fields": f"<b>pixel ({row}, {col}): receptive fields</b>",
+            "prediction": f"<b>{name} predicts: {predicted}</b>",
+            **{s: (f"<b>{SOURCES[s]} cells (stride {e.feeding[s].stride}) add "
+                   f"{float(e.contributions[s][e.prediction]):+.1f} to {predicted}</b>")
+               for s in e.streams},
+            "field legend": "receptive fields: " + "".join(
+                swatch(stream_rgb(s), f"{SOURCES[s]} {self._side(e, s)}") for s in e.streams),
+            "chart": contributions_svg(e, self.classes),
+        }
         pictures = {
             "receptive fields": receptive_field_panel(entry["picture"], e, self.zoom),
             "prediction": pixel_panel(entry["prediction_rgb"], e, self.zoom),
             **{s: feeding_panel(entry["picture"], e, s, self.zoom) for s in e.streams},
         }
+        return _Drawing(PixelView(name, index, e, sentence, truth), texts,
+                        {key: encode_png(rgb) for key, rgb in pictures.items()})
 
-        cells = ", ".join(f"{len(f.cells)} at stride {f.stride}" for f in e.feeding.values())
-        verdict = "right" if truth == e.prediction else f"wrong (truth: {self._name(truth)})"
-        self.readout.value = (
-            f"<b>{name}, image {index}, pixel ({row}, {col})</b>: predicts "
-            f"<b>{predicted}</b>, {verdict}. {sentence}. Feeding cells: {cells}.")
-        self.titles["receptive fields"].value = f"<b>pixel ({row}, {col}): receptive fields</b>"
-        self.titles["prediction"].value = f"<b>{name} predicts: {predicted}</b>"
-        for s in e.streams:
-            self.titles[s].value = (f"<b>{SOURCES[s]} cells (stride {e.feeding[s].stride}) add "
-                                    f"{float(e.contributions[s][e.prediction]):+.1f} to {predicted}</b>")
-        self.field_legend.value = "receptive fields: " + "".join(
-            swatch(stream_rgb(s), f"{SOURCES[s]} {self._side(e, s)}") for s in e.streams)
-        self.chart.value = contributions_svg(e, self.classes)
+    def update(self) -> PixelView:
+        name, index = self.model.value, self.image.value
+        height, width = self._entry(name, index)["size"]
+        # A new image may be smaller: shrinking the sliders fires their observers, which
+        # `quietly` keeps out until this update ends.
+        with self.quietly():
+            self.row.max, self.col.max = height - 1, width - 1
+        drawing = self._drawing(name, index, self.row.value, self.col.value)
+        streams = drawing.view.explanation.streams
+        self.readout.value = drawing.texts["readout"]
+        for key in ("receptive fields", "prediction", *streams):
+            self.titles[key].value = drawing.texts[key]
+        self.field_legend.value = drawing.texts["field legend"]
+        self.chart.value = drawing.texts["chart"]
         for s, box in self._feeding.items():
-            box.layout.display = "" if s in e.streams else "none"
+            box.layout.display = "" if s in streams else "none"
         # The images last: the browser has the titles by the time the pictures load.
-        for key, rgb in pictures.items():
-            show_png(self.panels[key], encode_png(rgb))
-        return PixelView(name, index, e, sentence, truth)
+        for key, png in drawing.pngs.items():
+            show_png(self.panels[key], png)
+        return drawing.view
 
     @staticmethod
     def _side(e: PixelExplanation, stream: str) -> str:

@@ -116,23 +116,31 @@ def test_score_colours_use_a_fixed_per_image_scale(explorer):
     assert shown[strongest].max() - shown[strongest].min() > 100  # saturated red or blue
 
 
-def test_backbone_runs_once_per_image_and_a_toggle_is_fast(data):
+def test_the_backbone_runs_only_while_the_explorer_is_built(data):
     model = _model(FCN8s)
     calls = []
     model.backbone.register_forward_hook(lambda *_: calls.append(1))
     explorer = FusionExplorer(model, data)
+    assert len(calls) == 1  # the 4 images in one batch
+    for i in (1, 3, 2, 0):
+        explorer.image_index.value = i
+        explorer.pool4_gain.value = 0.1 * i
     assert len(calls) == 1
-    explorer.image_index.value = 1
-    explorer.image_index.value = 0
-    assert len(calls) == 2  # image 0 came from the cache
-    times = []
-    for gain in (0.0, 1.0, 0.3, 2.0, 0.0, 1.0) * 3:
-        start = time.perf_counter()
-        explorer.pool4_gain.value = gain  # observe -> update, as in the browser
-        explorer.pool3_gain.value = 1.0 - gain / 2
-        times.append((time.perf_counter() - start) / 2)
-    assert len(calls) == 2
-    assert np.median(times) < 0.1, f"an update took {np.median(times) * 1000:.0f} ms"
+
+
+def test_every_control_moves_fast(explorer):
+    # The Python side of a move must leave the browser time to show it within 100 ms: about 10-20
+    # ms on a laptop CPU; the bound is generous so that a busy test machine does not fail it.
+    moves = {explorer.image_index: [1, 2, 3, 0] * 3, explorer.class_index: [1, 2, 3, 4, 5] * 2,
+             explorer.pool4_gain: [0.0, 1.0, 0.3, 2.0, 0.5] * 2,
+             explorer.pool3_gain: [0.0, 1.0, 0.3, 2.0, 0.5] * 2}
+    for control, values in moves.items():
+        seconds = []
+        for value in values:
+            start = time.perf_counter()
+            control.value = value  # observe -> update, as in the browser
+            seconds.append(time.perf_counter() - start)
+        assert np.median(seconds) < 0.060, (control.description, seconds)
 
 
 def test_fcn16s_has_no_pool3_control(data):
