@@ -1,11 +1,12 @@
 """Layer outputs (notebooks 3 and 6): every layer's activation for one image, recorded with forward
-hooks, and the static strip of them.
+hooks; how the layer explorer colours a map; its view as a figure, and the static strip of the stages.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -72,15 +73,73 @@ def channel_label(name: str, channel: int, channels: int, classes) -> str:
     return f"channel {channel} of {channels}"
 
 
-def label_edges(mask: torch.Tensor, colour: tuple[float, float, float]) -> np.ndarray:
-    """RGBA overlay in `colour` where a pixel's right or lower neighbour has another label."""
+def label_edges(mask: torch.Tensor) -> np.ndarray:
+    """(H, W) bool, the objects' outlines: True where a pixel's right or lower neighbour has
+    another label."""
     m = mask.numpy()
     edge = np.zeros(m.shape, dtype=bool)
     edge[:, :-1] |= m[:, 1:] != m[:, :-1]
     edge[:-1, :] |= m[1:, :] != m[:-1, :]
-    rgba = np.zeros((*m.shape, 4), dtype=np.float32)
-    rgba[edge] = (*colour, 0.9)
-    return rgba
+    return edge
+
+
+class MapColours(NamedTuple):
+    """How a map is drawn: colour map `cmap` from `low` to `high`, outlines in `outline` (RGB, 0-1)."""
+
+    cmap: str
+    low: float
+    high: float
+    outline: tuple[float, float, float]
+
+
+def map_colours(name: str, values: np.ndarray) -> MapColours:
+    """The colours of layer `name`'s map `values`: a class-score map on RdBu_r, symmetric about
+    zero (white), with black outlines; any other map, read after a ReLU where zero means "off",
+    on viridis from 0 (dark) to its maximum, with white outlines."""
+    if name in SCORE_MAPS:
+        bound = max(-float(values.min()), float(values.max()), 1e-12)
+        return MapColours("RdBu_r", -bound, bound, (0.0, 0.0, 0.0))
+    return MapColours("viridis", 0.0, max(float(values.max()), 1e-12), (1.0, 1.0, 1.0))
+
+
+def plot_layer_view(image: torch.Tensor, mask: torch.Tensor, name: str, values: np.ndarray,
+                    stride: int, *, image_title: str, map_title: str):
+    """The layer explorer's view as a matplotlib figure: the image, and beside it layer `name`'s
+    map `values`, each cell over the `stride` x `stride` pixels it covers, with the objects'
+    outlines and a colour bar.
+
+    A `Figure` outside pyplot, on an Agg canvas: nothing to close, and drawing it shows nothing
+    by itself (the explorer turns it into the PNG that readers without a kernel see)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
+
+    height, width = image.shape[-2:]
+    h, w = values.shape
+    colours = map_colours(name, values)
+    outline = np.zeros((height, width, 4))
+    outline[label_edges(mask)] = (*colours.outline, 1.0)
+    # constrained layout makes room for the colour bar's labels, however wide "{:.3g}" writes them
+    fig = Figure(figsize=(9, 4), dpi=72, layout="constrained")
+    FigureCanvasAgg(fig)
+    image_ax, map_ax = fig.subplots(1, 2)
+    image_ax.imshow(to_numpy_image(image))
+    # cell (i, j) covers pixels [i s, (i + 1) s) x [j s, (j + 1) s)
+    shown = map_ax.imshow(values, cmap=colours.cmap, vmin=colours.low, vmax=colours.high,
+                          interpolation="nearest",
+                          extent=(-0.5, w * stride - 0.5, h * stride - 0.5, -0.5))
+    map_ax.imshow(outline, interpolation="nearest")
+    for ax, title in ((image_ax, image_title),
+                      (map_ax, f"{map_title}\n{h} x {w} cells of {stride} x {stride} pixels")):
+        ax.set_xlim(-0.5, width - 0.5)
+        ax.set_ylim(height - 0.5, -0.5)  # the padding beyond the image stays out of view
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("x (pixels)")
+        ax.set_ylabel("y (pixels)")
+    fig.colorbar(shown, ax=map_ax, fraction=0.046, pad=0.04,
+                 format=FuncFormatter(lambda value, _: f"{value:.3g}"),
+                 label="class score" if name in SCORE_MAPS else "activation")
+    return fig
 
 
 def plot_layer_strip(activations: Mapping[str, torch.Tensor], image: torch.Tensor,

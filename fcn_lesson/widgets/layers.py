@@ -2,9 +2,13 @@
 
 One forward pass per (model, image) records every layer with forward hooks and keeps the
 maps (a few MB for a classroom model); moving the layer or channel slider then only
-redraws. Each map is drawn over the image at its true geometry: a cell of a stride-s map
+redraws. Each map is drawn beside the image at its true geometry: a cell of a stride-s map
 covers the s x s pixels it was computed from (the input is padded to a multiple of 32, so
 the cells of every stage tile the padded image exactly; see models.py).
+
+Both pictures are arrays coloured with numpy and shown as small PNGs (a move takes a few
+milliseconds); titles, captions and the colour scale are HTML. Redrawing a matplotlib figure
+took several times longer, mostly for its text: matplotlib draws only the static picture.
 
 Layers, in the order the network computes them:
   conv1_1 ... conv5_3  a convolution's output after its BatchNorm (if any) and ReLU,
@@ -18,132 +22,87 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import ipywidgets as widgets
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib import colormaps
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
 
-from fcn_lesson.core.models import FCN, SCORE_MAPS
+from fcn_lesson.core.models import FCN
 from fcn_lesson.datasets.shapes import CLASSES
-from fcn_lesson.lessons.layers import capture_activations, channel_label, label_edges, map_stride
+from fcn_lesson.lessons.layers import (
+    MapColours,
+    capture_activations,
+    channel_label,
+    label_edges,
+    map_colours,
+    map_stride,
+    plot_layer_view,
+)
 from fcn_lesson.lessons.viz import to_numpy_image
 from fcn_lesson.widgets.base import Explorer, check_models_and_dataset
-from fcn_lesson.widgets.png import encode_png, show_png
+from fcn_lesson.widgets.png import encode_png, figure_png, show_png
 
 __all__ = ["LayerExplorer"]
 
-_WIDEST_TICK = "-8.88e-08"  # the widest label "{:.3g}" writes for a colour-bar tick
+# Each picture is enlarged by a whole factor (pixels stay sharp squares) to at most this many
+# screen pixels a side: the lesson's 128-pixel images are shown 2 x 2 screen pixels a pixel.
+PANEL_PX = 256
 
 
-class _Artists:
-    """Image on the left; the activation over the image on the right, with the objects'
-    outlines and a colour bar. Built once; the `set_*` methods only change data, extent and
-    labels, and `draw` repaints only what a new layer or channel changes (blitting)."""
+def _gradient(cmap: str) -> str:
+    """A CSS gradient through `cmap`, left (low) to right (high)."""
+    stops = colormaps[cmap](np.linspace(0.0, 1.0, 9), bytes=True)[:, :3]
+    return "linear-gradient(to right, " + ", ".join(f"rgb({r},{g},{b})" for r, g, b in stops) + ")"
 
-    def __init__(self, figure: Figure):
-        self.figure = figure
-        self.image_ax, self.map_ax = figure.subplots(1, 2)
-        self.picture = self.image_ax.imshow(np.zeros((1, 1, 3)), interpolation="nearest")
-        self.map = self.map_ax.imshow(np.zeros((1, 1)), interpolation="nearest", cmap="viridis")
-        self.outline = self.map_ax.imshow(np.zeros((1, 1, 4)), interpolation="nearest")
-        self.colorbar = figure.colorbar(self.map, ax=self.map_ax, fraction=0.046, pad=0.04)
-        self.colorbar.formatter = FuncFormatter(lambda value, _: f"{value:.3g}")
-        for ax in (self.image_ax, self.map_ax):
-            ax.set_xlabel("x (pixels)")
-            ax.set_ylabel("y (pixels)")
-        # Drawn on every update, over a cached picture of everything else: tick labels are
-        # most of Agg's drawing time, and only the colour bar's change (with the channel). The
-        # image and the titles are drawn each time too, so a new image or model is a blit as
-        # well; only a new image size redraws the axes.
-        self._titles = (self.image_ax.title, self.map_ax.title)
-        self._dynamic = [self.picture, *self._titles, self.map, self.outline,
-                         *self.map_ax.spines.values(), self.colorbar.ax]
-        self._background = None
-        self._size = None
 
-    def draw(self) -> np.ndarray:
-        """The figure as an RGB array, repainting only the dynamic artists when the static
-        ones (image, axes, labels) are unchanged since the last call."""
-        canvas = self.figure.canvas
-        if self._background is None:
-            # Titles are emptied, not hidden: matplotlib places an axes title while drawing
-            # the axes, and a hidden one is moved off the figure (it vanished on image changes).
-            texts = [title.get_text() for title in self._titles]
-            for title in self._titles:
-                title.set_text("")
-            for artist in self._dynamic:
-                if artist not in self._titles:
-                    artist.set_visible(False)
-            canvas.draw()
-            self._background = canvas.copy_from_bbox(self.figure.bbox)
-            for artist in self._dynamic:
-                artist.set_visible(True)
-            for title, text in zip(self._titles, texts, strict=True):
-                title.set_text(text)
-        canvas.restore_region(self._background)
-        for artist in self._dynamic:
-            self.figure.draw_artist(artist)
-        return np.asarray(canvas.buffer_rgba())[..., :3]
+_GRADIENTS = {cmap: _gradient(cmap) for cmap in ("viridis", "RdBu_r")}  # what map_colours picks
 
-    def relayout(self) -> None:
-        self.figure.tight_layout()
-        # The colour bar's tick labels change with every channel, after this layout: leave room
-        # for the widest label its formatter writes, or wider ones are clipped ("10.(").
-        renderer = self.figure.canvas.get_renderer()
-        size = self.colorbar.ax.yaxis.get_ticklabels()[0].get_fontsize()
-        probe = self.figure.text(0, 0, _WIDEST_TICK, fontsize=size)
-        need = probe.get_window_extent(renderer).width + 12  # + tick length and pad
-        probe.remove()
-        spare = self.figure.bbox.x1 - self.colorbar.ax.get_window_extent(renderer).x1
-        if spare < need:
-            right = self.figure.subplotpars.right - (need - spare) / self.figure.bbox.width
-            self.figure.subplots_adjust(right=right)
-        self._background = None
 
-    def set_image(self, image: torch.Tensor, mask: torch.Tensor, title: str) -> None:
-        height, width = image.shape[-2:]
-        self.picture.set_data(to_numpy_image(image))
-        self.picture.set_extent((-0.5, width - 0.5, height - 0.5, -0.5))
-        # white on viridis (dark at zero), black on the diverging map (white at zero)
-        self._outlines = {False: label_edges(mask, (1, 1, 1)), True: label_edges(mask, (0, 0, 0))}
-        self.outline.set_extent((-0.5, width - 0.5, height - 0.5, -0.5))
-        self.image_ax.set_title(title, fontsize=10)
-        if self._size != (height, width):  # new limits: the axes and their ticks are redrawn
-            for ax in (self.image_ax, self.map_ax):
-                ax.set_xlim(-0.5, width - 0.5)
-                ax.set_ylim(height - 0.5, -0.5)  # the padding beyond the image stays out of view
-            self._size = (height, width)
-            self._background = None
+def colour_scale_html(colours: MapColours) -> str:
+    """The colour scale as HTML: the gradient between the values at both ends."""
+    bar = (f"<span style='display:inline-block;width:120px;height:10px;margin:0 4px;"
+           f"vertical-align:middle;border:1px solid #888;background:{_GRADIENTS[colours.cmap]}'>"
+           "</span>")
+    zero = " (white: 0)" if colours.cmap == "RdBu_r" else " (0: off)"
+    return f"{colours.low:.3g}{bar}{colours.high:.3g}{zero}"
 
-    def set_map(self, values: np.ndarray, stride: int, signed: bool, title: str) -> None:
-        h, w = values.shape
-        self.map.set_data(values)
-        self.outline.set_data(self._outlines[signed])
-        # cell (i, j) covers pixels [i s, (i + 1) s) x [j s, (j + 1) s)
-        self.map.set_extent((-0.5, w * stride - 0.5, h * stride - 0.5, -0.5))
-        low, high = float(values.min()), float(values.max())
-        if signed:  # class scores: white at zero
-            bound = max(-low, high, 1e-12)
-            self.map.set_cmap("RdBu_r")
-            self.map.set_clim(-bound, bound)
-        else:
-            self.map.set_cmap("viridis")
-            self.map.set_clim(0, max(high, 1e-12))  # after a ReLU zero means "off"
-        self.map_ax.set_title(title, fontsize=10)
+
+def map_rgb(values: np.ndarray, stride: int, colours: MapColours, edges: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8, the map as the explorer shows it: each cell of `values` in its colour,
+    repeated over the `stride` x `stride` pixels it covers and cropped to the image (the
+    padding beyond it stays out of view), with the objects' outlines (`edges`, (H, W)) on top."""
+    scaled = (values - colours.low) / (colours.high - colours.low)
+    cells = colormaps[colours.cmap](np.clip(scaled, 0.0, 1.0), bytes=True)[..., :3]
+    height, width = edges.shape
+    rgb = np.repeat(np.repeat(cells, stride, axis=0), stride, axis=1)[:height, :width]
+    rgb[edges] = np.multiply(colours.outline, 255)
+    return rgb
+
+
+class _Capture(NamedTuple):
+    """What the explorer keeps of one (model, image): every layer's activation, and what the
+    pictures need of the image (its PNG, the objects' outlines)."""
+
+    image: torch.Tensor
+    mask: torch.Tensor
+    activations: OrderedDict[str, torch.Tensor]
+    image_png: bytes
+    edges: np.ndarray
+    zoom: int
 
 
 class LayerExplorer(Explorer):
     """Sliders for the image, layer and channel (and a model menu when given several
-    models); the chosen channel's activation is drawn over the image.
+    models); the image and, beside it, the chosen channel's activation map.
 
-    `update()` reads the controls, redraws the figure's artists and returns the map shown,
-    (h, w) numpy (kept as `.result`); moving a control calls it and then `render()`, which puts
-    the figure into the `picture` widget. Activations are captured once per (model, image) and
-    kept for the `cache_size` most recent ones; when every (model, image) pair fits, all are
-    captured up front. Display with `display(explorer)`.
+    `update()` reads the controls, puts the titles, captions and the two pictures in place and
+    returns the map shown, (h, w) numpy (kept as `.result`); moving a control calls it.
+    Activations are captured once per (model, image) and kept for the `cache_size` most recent
+    ones; when every (model, image) pair fits, all are captured up front. Display with
+    `display(explorer)`; `static_figure()` draws the current view with matplotlib.
     """
 
     what = "layer explorer"
@@ -155,7 +114,7 @@ class LayerExplorer(Explorer):
             raise ValueError(f"cache_size must be >= 1, got {cache_size}")
         self.models, self.dataset, self.cache_size = dict(models), dataset, cache_size
         self.classes = getattr(dataset, "classes", CLASSES)
-        self._cache: OrderedDict[tuple[str, int], tuple] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, int], _Capture] = OrderedDict()
         first = next(iter(self.models))
         activations = self.activations(first, image)
         if len(self.models) * len(dataset) <= cache_size:
@@ -175,32 +134,41 @@ class LayerExplorer(Explorer):
         self.layer = widgets.Dropdown(options=list(activations), value=layer, description="layer")
         self.channel = widgets.IntSlider(channel, min=0, max=channels - 1, description="channel")
         self.readout = widgets.HTML()
-        self.picture = widgets.Image(format="png")
-        self.figure = Figure(figsize=(9, 4), dpi=72)
-        FigureCanvasAgg(self.figure)
-        self._artists = _Artists(self.figure)
-        self._shown_image: tuple[str, int] | None = None
+        self.image_title, self.image_caption = widgets.HTML(), widgets.HTML()
+        self.map_title, self.map_caption = widgets.HTML(), widgets.HTML()
+        self.image_picture = widgets.Image(format="png")
+        self.map_picture = widgets.Image(format="png")
         self._start((self.model, self.image, self.layer, self.channel))
 
     def activations(self, model: str, index: int) -> OrderedDict[str, torch.Tensor]:
         """Every layer's activation for image `index` under `model`, computed once and cached."""
-        return self._cached(model, index)[2]
+        return self._cached(model, index).activations
 
-    def _cached(self, model: str, index: int) -> tuple:
-        # (image, mask, activations); the dataset may render an item afresh on every access
+    def _cached(self, model: str, index: int) -> _Capture:
+        # the dataset may render an item afresh on every access: it is read once, here
         key = (model, index)
         if key in self._cache:
             self._cache.move_to_end(key)
         else:
             image, mask = self.dataset[index]
-            self._cache[key] = (image, mask, capture_activations(self.models[model], image))
+            zoom = max(1, PANEL_PX // max(image.shape[-2:]))
+            self._cache[key] = _Capture(image, mask, capture_activations(self.models[model], image),
+                                        encode_png(to_numpy_image(image), zoom), label_edges(mask),
+                                        zoom)
             if len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         return self._cache[key]
 
+    def _titles(self) -> tuple[str, str]:
+        """The titles of the image and of the map, for the controls' current values."""
+        name, channel = self.layer.value, self.channel.value
+        channels = self.activations(self.model.value, self.image.value)[name].shape[0]
+        return f"image #{self.image.value}", f"{name}: {channel_label(name, channel, channels, self.classes)}"
+
     def update(self) -> np.ndarray:
         model, index = self.model.value, self.image.value
-        image, mask, activations = self._cached(model, index)
+        capture = self._cached(model, index)
+        activations = capture.activations
         names = list(activations)
         # A new model may lack the current layer, a new layer have fewer channels: adjusting
         # the controls fires their observers, which `quietly` keeps out until this update ends.
@@ -212,31 +180,48 @@ class LayerExplorer(Explorer):
             channels = activations[self.layer.value].shape[0]
             self.channel.max = channels - 1
         name, channel = self.layer.value, self.channel.value
-        if self._shown_image != (model, index):
-            self._artists.set_image(image, mask, f"image #{index}")
-            self._shown_image = (model, index)
         values = activations[name][channel].numpy()
-        stride = map_stride(name, activations[name], image.shape[-2])
+        height, width = capture.image.shape[-2:]
+        stride = map_stride(name, activations[name], height)
+        colours = map_colours(name, values)
         h, w = values.shape
-        self._artists.set_map(values, stride, name in SCORE_MAPS,
-                              f"{name}: {channel_label(name, channel, channels, self.classes)}")
         self.readout.value = (
             f"<b>{name}</b> ({model}): {channels} channels of {h} x {w} cells, stride {stride} "
             f"(one cell per {stride} x {stride} pixels); this channel ranges "
             f"{values.min():.3g} to {values.max():.3g}.")
+        image_title, map_title = self._titles()
+        self.image_title.value = f"<b>{image_title}</b>"
+        self.map_title.value = f"<b>{map_title}</b>"
+        self.image_caption.value = f"{width} x {height} pixels; x to the right, y down"
+        self.map_caption.value = (f"one cell = {stride} x {stride} pixels; outlines: the objects' "
+                                  f"edges<br>{colour_scale_html(colours)}")
+        # The pictures last: the browser has everything else by the time they load.
+        show_png(self.image_picture, capture.image_png)
+        show_png(self.map_picture,
+                 encode_png(map_rgb(values, stride, colours, capture.edges), capture.zoom))
         return values
 
-    def layout(self) -> None:
-        self._artists.relayout()
-
     def render(self) -> None:
-        # Blitted Agg drawing instead of `savefig`'s full redraw: a slider move then takes a
-        # few tens of milliseconds.
-        show_png(self.picture, encode_png(self._artists.draw()))
+        """Nothing to add: `update` has already put the two pictures in place."""
+
+    def static_figure(self) -> Figure:
+        """The current view as a matplotlib figure, with axes and a colour bar."""
+        capture = self._cached(self.model.value, self.image.value)
+        name = self.layer.value
+        image_title, map_title = self._titles()
+        return plot_layer_view(capture.image, capture.mask, name, self.result,
+                               map_stride(name, capture.activations[name], capture.image.shape[-2]),
+                               image_title=image_title, map_title=map_title)
+
+    def static_png(self) -> bytes:
+        """What a reader without a kernel sees in place of the widget: `static_figure()`."""
+        return figure_png(self.static_figure())
 
     def widget(self) -> widgets.Widget:
         controls = widgets.HBox([widgets.VBox([self.model, self.image]),
                                  widgets.VBox([self.layer, self.channel])])
-        return widgets.VBox([controls, self.readout, self.picture])
-
-
+        pictures = widgets.HBox([
+            widgets.VBox([self.image_title, self.image_picture, self.image_caption]),
+            widgets.VBox([self.map_title, self.map_picture, self.map_caption],
+                         layout=widgets.Layout(margin="0 0 0 16px"))])
+        return widgets.VBox([controls, self.readout, pictures])

@@ -1,22 +1,35 @@
 """The layer-output explorer: what it shows is the layer's real output, drawn where it belongs."""
 
+import base64
+import io
 import statistics
 import time
 
 import numpy as np
 import pytest
 import torch
+from matplotlib import colormaps
+from PIL import Image
 from support import scored_classroom_model as _model
 from torch import nn
 
 from fcn_lesson.core.models import FCN8s
 from fcn_lesson.datasets.shapes import ShapesDataset
-from fcn_lesson.lessons.layers import capture_activations, layer_modules, plot_layer_strip
+from fcn_lesson.lessons.layers import (
+    capture_activations,
+    layer_modules,
+    plot_layer_strip,
+    plot_layer_view,
+)
 from fcn_lesson.widgets.layers import LayerExplorer
+from fcn_lesson.widgets.png import png_size
 
 CONVS = [f"conv{i}_{j}" for i, n in enumerate((2, 2, 3, 3, 3), 1) for j in range(1, n + 1)]
 
 
+def _pixels(picture, zoom: int) -> np.ndarray:
+    """The picture widget's PNG as (H, W, 3) uint8, one entry per image pixel."""
+    return np.asarray(Image.open(io.BytesIO(picture.value)).convert("RGB"))[::zoom, ::zoom]
 
 
 def _hooked(model, module: nn.Module, image: torch.Tensor) -> torch.Tensor:
@@ -97,35 +110,82 @@ def test_setting_controls_shows_the_hooked_output_of_that_channel(data, models):
         explorer.image.value = image
         explorer.layer.value = layer
         explorer.channel.value = channel
-        expected = _hooked(model, layer_modules(model)[layer], data[image][0])[channel]
-        np.testing.assert_allclose(explorer.result, expected.numpy(), rtol=1e-5, atol=1e-6)
-        # ... and the figure draws exactly that array
-        np.testing.assert_array_equal(np.asarray(explorer._artists.map.get_array()), explorer.result)
-        assert layer in explorer._artists.map_ax.get_title()
-        assert f"channel {channel} of" in explorer._artists.map_ax.get_title()
+        output = _hooked(model, layer_modules(model)[layer], data[image][0])
+        np.testing.assert_allclose(explorer.result, output[channel].numpy(), rtol=1e-5, atol=1e-6)
+        # ... and the titles follow the controls
+        assert explorer.image_title.value == f"<b>image #{image}</b>"
+        assert explorer.map_title.value == f"<b>{layer}: channel {channel} of {len(output)}</b>"
     explorer.layer.value = "score_fr"
     explorer.channel.value = 2
     np.testing.assert_allclose(explorer.result, model.forward_maps(data[0][0][None])["score_fr"][0, 2]
                                .detach().numpy(), rtol=1e-5, atol=1e-6)
-    assert "class 2 (ring)" in explorer._artists.map_ax.get_title()
-    assert explorer.picture.value[:8] == b"\x89PNG\r\n\x1a\n"
+    assert explorer.map_title.value == "<b>score_fr: class 2 (ring)</b>"
+    for picture in (explorer.image_picture, explorer.map_picture):
+        assert picture.value[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = png_size(picture.value)
+        assert (picture.layout.width, picture.layout.height) == (f"{width}px", f"{height}px")
 
 
-def test_map_cells_cover_the_pixels_they_were_computed_from():
-    # 100 x 150 is padded to 128 x 160: pool5 has 4 x 5 cells of 32 pixels, the view crops
-    # to the image; `out` is the image's own size.
-    data = ShapesDataset(1, (100, 150), seed=2)
-    explorer = LayerExplorer(_model("fcn32s"), data, layer="pool5")
-    artists = explorer._artists
-    assert explorer.result.shape == (4, 5)
-    assert artists.map.get_extent() == [-0.5, 159.5, 127.5, -0.5]
-    assert artists.map_ax.get_xlim() == (-0.5, 149.5)
-    assert artists.map_ax.get_ylim() == (99.5, -0.5)
-    explorer.layer.value = "pool2"
-    assert artists.map.get_extent() == [-0.5, 159.5, 127.5, -0.5]  # 32 x 40 cells of 4 pixels
-    explorer.layer.value = "out"
-    assert artists.map.get_extent() == [-0.5, 149.5, 99.5, -0.5]
-    assert "stride 1 " in explorer.readout.value
+def _expected_map(values: np.ndarray, stride: int, size, cmap: str, low: float, high: float):
+    """(H, W, 3): each pixel in the colour of the cell it lies in."""
+    height, width = size
+    rows, cols = np.arange(height) // stride, np.arange(width) // stride
+    scaled = (values[rows[:, None], cols[None, :]] - low) / (high - low)
+    return colormaps[cmap](np.clip(scaled, 0, 1), bytes=True)[..., :3]
+
+
+@pytest.mark.parametrize("layer, stride, cells", [("pool5", 32, (2, 3)), ("pool2", 4, (16, 24)),
+                                                   ("score_fr", 32, (2, 3)), ("out", 1, (60, 90))])
+def test_map_pixels_have_the_colour_of_the_cell_that_covers_them(layer, stride, cells):
+    # 60 x 90 is padded to 64 x 96: pool5 has 2 x 3 cells of 32 pixels, the view crops to the
+    # image; `out` is the image's own size. Both pictures are enlarged 2 x 2 (256 // 90).
+    data = ShapesDataset(1, (60, 90), seed=2)
+    explorer = LayerExplorer(_model("fcn32s"), data, layer=layer, channel=1)
+    values = explorer.result
+    assert values.shape == cells
+    assert f"stride {stride} " in explorer.readout.value
+    assert f"one cell = {stride} x {stride} pixels" in explorer.map_caption.value
+    shown = _pixels(explorer.map_picture, 2)
+    assert shown.shape == (60, 90, 3)
+    if layer in ("score_fr", "out"):  # class scores: symmetric about white zero, black outlines
+        bound = np.abs(values).max()
+        expected, outline = _expected_map(values, stride, (60, 90), "RdBu_r", -bound, bound), 0
+        ends = (f"{-bound:.3g}", f"{bound:.3g}")
+    else:  # after a ReLU: dark zero, white outlines
+        expected, outline = _expected_map(values, stride, (60, 90), "viridis", 0, values.max()), 255
+        ends = ("0", f"{values.max():.3g}")
+    mask = data[0][1].numpy()
+    edges = np.zeros(mask.shape, bool)
+    edges[:, :-1] |= mask[:, 1:] != mask[:, :-1]
+    edges[:-1, :] |= mask[1:, :] != mask[:-1, :]
+    assert 0 < edges.sum() < edges.size / 4
+    np.testing.assert_array_equal(shown[~edges], expected[~edges])
+    assert (shown[edges] == outline).all()
+    # the colour scale: the gradient with the numbers at both ends
+    scale = explorer.map_caption.value.split("<br>")[1]
+    assert scale.startswith(ends[0] + "<span") and "gradient" in scale
+    assert scale.split("</span>")[1].startswith(ends[1])
+    np.testing.assert_array_equal(_pixels(explorer.image_picture, 2),
+                                  (data[0][0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+
+
+def test_the_lessons_images_are_shown_at_twice_their_size(models):
+    explorer = LayerExplorer(models, ShapesDataset(2, 128, seed=1))
+    assert png_size(explorer.image_picture.value) == png_size(explorer.map_picture.value) == (256, 256)
+
+
+def test_moving_away_and_back_shows_the_same_pictures_and_every_move_changes_one(data):
+    # two nets with different backbones, as after training
+    models = {"fcn32s": _model("fcn32s"), "fcn8s": _model("fcn8s", seed=1)}
+    explorer = LayerExplorer(models, data, layer="pool3", channel=4, image=1)
+    before = (explorer.image_picture.value, explorer.map_picture.value)
+    for control, away in ((explorer.image, 2), (explorer.model, "fcn8s"), (explorer.layer, "conv2_1"),
+                          (explorer.channel, 7)):
+        back = control.value
+        control.value = away
+        assert (explorer.image_picture.value, explorer.map_picture.value) != before, control.description
+        control.value = back
+        assert (explorer.image_picture.value, explorer.map_picture.value) == before, control.description
 
 
 def test_channel_slider_follows_the_layer_and_model_menu_keeps_valid_layers(data, models):
@@ -175,19 +235,20 @@ def test_a_small_dataset_is_captured_up_front_and_never_again(data):
     assert len(calls) == len(models) * len(data)
 
 
-def test_a_slider_move_redraws_in_under_100_ms(data):
+def test_every_control_moves_in_well_under_100_ms(data):
     explorer = LayerExplorer({"a": _model("fcn32s"), "b": _model("fcn8s")}, data)
-    timings = []
-    moves = [(explorer.layer, "conv1_1"), (explorer.channel, 3), (explorer.image, 1),
-             (explorer.layer, "pool3"), (explorer.model, "b"), (explorer.channel, 7),
-             (explorer.image, 2), (explorer.layer, "fc7"), (explorer.model, "a"),
-             (explorer.channel, 40), (explorer.image, 0), (explorer.layer, "out")]
-    for control, value in moves:
-        start = time.perf_counter()
-        control.value = value
-        timings.append(time.perf_counter() - start)
+    moves = {"image": [1, 2, 0] * 4, "model": ["b", "a"] * 5, "channel": [3, 7, 1, 5, 0] * 2,
+             "layer": ["conv1_1", "pool3", "fc7", "score_fr", "out", "conv2_2", "pool1", "fc6",
+                       "score_fr", "conv1_2"]}
+    for name, values in moves.items():
+        control, timings = getattr(explorer, name), []
+        for value in values:
+            start = time.perf_counter()
+            control.value = value
+            timings.append(time.perf_counter() - start)
+        # A move takes a few milliseconds on a laptop; 60 leaves room for a busy CI machine.
+        assert statistics.median(timings) < 0.06, (name, timings)
     assert explorer.last_update_seconds > 0
-    assert statistics.median(timings) < 0.1, timings
 
 
 def test_bad_arguments_are_explained(data, models):
@@ -217,8 +278,9 @@ def test_layer_strip_draws_the_most_active_channel_at_each_stride(data, models):
         plot_layer_strip(acts, image, layers=("fuse_pool3",))
 
 
-def _inside_figure(figure, texts) -> list[str]:
+def _outside_figure(figure, texts) -> list[str]:
     """The texts (non-empty) whose drawn extent leaves the figure."""
+    figure.canvas.draw()
     renderer = figure.canvas.get_renderer()
     box = figure.bbox
     out = []
@@ -230,27 +292,47 @@ def _inside_figure(figure, texts) -> list[str]:
     return out
 
 
-def test_title_and_colour_bar_labels_stay_on_the_figure_through_image_and_model_changes(data,
-                                                                                        models):
+def _colour_bar_labels(figure) -> list:
+    """The tick labels the colour bar (the last axes) draws: those within its range."""
+    bar = figure.axes[-1]
+    low, high = sorted(bar.get_ylim())
+    return [label for label in bar.get_yticklabels() if low <= label.get_position()[1] <= high]
+
+
+def _figure_texts(figure) -> list:
+    """The axes' titles and labels, and the colour bar's tick labels."""
+    texts = [text for ax in figure.axes for text in (ax.title, ax.xaxis.label, ax.yaxis.label)]
+    return texts + _colour_bar_labels(figure)
+
+
+def test_static_figure_is_the_current_view_with_its_text_inside(data, models):
     explorer = LayerExplorer(models, data, layer="conv1_1")
-    artists = explorer._artists
     for control, value in (("image", 1), ("model", "fcn8s"), ("layer", "score_fr"),
                            ("image", 2), ("layer", "fc7"), ("channel", 5)):
         getattr(explorer, control).value = value
-        title = artists.map_ax.title
-        assert title.get_text().startswith(explorer.layer.value)
-        assert _inside_figure(explorer.figure, [title]) == [], (control, value)
-        # The picture shows it too: the title row above the map is not blank.
-        picture = artists.draw()
-        top = int(explorer.figure.bbox.height - title.get_window_extent().y1)
-        assert picture[max(top, 0):top + 10, picture.shape[1] // 2:].min() < 128
-    # The widest label the colour bar's formatter writes still fits.
-    artists.map.set_clim(-8.88e-08, 8.88e-08)
-    artists.colorbar.update_ticks()
-    labels = artists.colorbar.ax.get_yticklabels()
-    artists.draw()
-    assert any("e-08" in t.get_text() for t in labels)
-    assert _inside_figure(explorer.figure, labels) == []
+        figure = explorer.static_figure()
+        image_ax, map_ax, bar_ax = figure.axes
+        assert image_ax.get_title() == f"image #{explorer.image.value}"
+        assert map_ax.get_title().startswith(explorer.map_title.value.removeprefix("<b>")
+                                             .removesuffix("</b>"))
+        np.testing.assert_array_equal(np.asarray(map_ax.images[0].get_array()), explorer.result)
+        assert map_ax.get_xlabel() == "x (pixels)" and bar_ax.get_ylabel()
+        assert _outside_figure(figure, _figure_texts(figure)) == [], (control, value)
+    bundle = explorer._repr_mimebundle_()
+    picture = np.asarray(Image.open(io.BytesIO(base64.b64decode(bundle["image/png"]))))
+    assert picture.shape[1] > 2 * 96 and picture.std() > 10
+    assert "layer explorer" in bundle["text/plain"]
+
+
+def test_the_widest_colour_bar_labels_fit_in_the_static_figure(data, models):
+    image, mask = data[0]
+    tiny = capture_activations(models["fcn32s"], image)["score_fr"][2].numpy()
+    tiny = tiny / np.abs(tiny).max() * 8.88e-08  # "-8.88e-08": the widest label "{:.3g}" writes
+    figure = plot_layer_view(image, mask, "score_fr", tiny, 32, image_title="image", map_title="score")
+    figure.canvas.draw()
+    labels = _colour_bar_labels(figure)
+    assert any(label.get_text().startswith("-") and "e-08" in label.get_text() for label in labels)
+    assert _outside_figure(figure, labels) == []
 
 
 def test_layer_strip_text_is_readable_in_a_notebook(data, models):
