@@ -31,7 +31,7 @@ from fcn_lesson.lessons.explain import (
 
 __all__ = ["contributions_svg", "enlarge", "feeding_panel", "feeding_side", "feeding_window",
            "mark_pixel", "outline", "pixel_panel", "receptive_field_panel", "shade", "stream_rgb",
-           "swatch", "write"]
+           "write"]
 
 OUTSIDE = (224, 224, 224)  # where a panel reaches past the image: light grey
 _SHADE_CMAP = colormaps["RdBu_r"]  # as in plot_pixel_explanation: red adds, blue takes away
@@ -204,14 +204,6 @@ def feeding_panel(picture: np.ndarray, explanation: PixelExplanation, stream: st
         write(canvas, y, (cell_left + cell_right) / 2, f"{value:+.1f}", size=7 * zoom)
     mark_pixel(canvas, e.row - top, e.col - left, scale)
     return canvas
-
-
-def swatch(rgb, label: str) -> str:
-    """HTML: a small square of colour `rgb` (0-255) followed by `label`, for a legend."""
-    r, g, b = (int(c) for c in rgb)
-    return (f"<span style='white-space:nowrap'><span style='display:inline-block;width:11px;"
-            f"height:11px;background:rgb({r},{g},{b});border:1px solid #000;margin:0 4px 0 8px;"
-            f"vertical-align:middle'></span>{escape(label)}</span> ")
 
 
 def contributions_svg(explanation: PixelExplanation, classes, k: int = 3, width: int = 300,

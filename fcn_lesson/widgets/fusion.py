@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from fcn_lesson.core.models import FCN
 from fcn_lesson.datasets.shapes import CLASSES, PALETTE
 from fcn_lesson.lessons.fusion import image_mean_iou
+from fcn_lesson.lessons.legends import swatch
 from fcn_lesson.lessons.viz import colorize, to_numpy_image
 from fcn_lesson.widgets.base import Explorer
 from fcn_lesson.widgets.png import encode_png, figure_png, show_png
@@ -50,12 +51,6 @@ class FusionView:
 def _score_rgb(score: torch.Tensor, limit: float) -> np.ndarray:
     rgba = _SCORE_CMAP(np.clip(score.numpy() / (2 * limit) + 0.5, 0.0, 1.0), bytes=True)
     return np.ascontiguousarray(rgba[..., :3])
-
-
-def _swatch(rgb) -> str:
-    r, g, b = (int(c) for c in rgb)
-    return (f"<span style='display:inline-block;width:12px;height:12px;background:rgb({r},{g},{b});"
-            "border:1px solid #000;margin:0 4px 0 10px;vertical-align:middle'></span>")
 
 
 class FusionExplorer(Explorer):
@@ -109,7 +104,7 @@ class FusionExplorer(Explorer):
         self.readout = widgets.HTML()
         self.score_scale = widgets.HTML()
         colours = colorize(torch.arange(len(self.classes))[None], palette)[0]  # (K, 3) uint8
-        self.legend = widgets.HTML("".join(_swatch(rgb) + name
+        self.legend = widgets.HTML("".join(swatch(rgb, name)
                                            for name, rgb in zip(self.classes, colours, strict=True)))
         self.titles = {t: widgets.HTML(f"<b>{t}</b>") for t in titles}
         self._start((self.image_index, self.class_index, self.pool4_gain, self.pool3_gain))

@@ -41,6 +41,7 @@ from fcn_lesson.lessons.layers import (
     map_stride,
     plot_layer_view,
 )
+from fcn_lesson.lessons.legends import colour_bar
 from fcn_lesson.lessons.viz import to_numpy_image
 from fcn_lesson.widgets.base import Explorer, check_models_and_dataset
 from fcn_lesson.widgets.png import encode_png, figure_png, show_png
@@ -52,22 +53,10 @@ __all__ = ["LayerExplorer"]
 PANEL_PX = 256
 
 
-def _gradient(cmap: str) -> str:
-    """A CSS gradient through `cmap`, left (low) to right (high)."""
-    stops = colormaps[cmap](np.linspace(0.0, 1.0, 9), bytes=True)[:, :3]
-    return "linear-gradient(to right, " + ", ".join(f"rgb({r},{g},{b})" for r, g, b in stops) + ")"
-
-
-_GRADIENTS = {cmap: _gradient(cmap) for cmap in ("viridis", "RdBu_r")}  # what map_colours picks
-
-
 def colour_scale_html(colours: MapColours) -> str:
     """The colour scale as HTML: the gradient between the values at both ends."""
-    bar = (f"<span style='display:inline-block;width:120px;height:10px;margin:0 4px;"
-           f"vertical-align:middle;border:1px solid #888;background:{_GRADIENTS[colours.cmap]}'>"
-           "</span>")
     zero = " (white: 0)" if colours.cmap == "RdBu_r" else " (0: off)"
-    return f"{colours.low:.3g}{bar}{colours.high:.3g}{zero}"
+    return colour_bar(colours.cmap, colours.low, colours.high, zero)
 
 
 def map_rgb(values: np.ndarray, stride: int, colours: MapColours, edges: np.ndarray) -> np.ndarray:

@@ -40,8 +40,8 @@ from fcn_lesson.lessons.explain_panels import (
     pixel_panel,
     receptive_field_panel,
     stream_rgb,
-    swatch,
 )
+from fcn_lesson.lessons.legends import swatch
 from fcn_lesson.lessons.viz import colorize, to_numpy_image
 from fcn_lesson.widgets.base import Explorer, check_models_and_dataset
 from fcn_lesson.widgets.png import encode_png, figure_png, show_png

@@ -19,6 +19,7 @@ import ipywidgets as widgets
 import numpy as np
 from matplotlib import colormaps
 
+from fcn_lesson.lessons.legends import colour_bar
 from fcn_lesson.lessons.upsampling import (
     KERNEL_KINDS,
     Panel,
@@ -50,19 +51,10 @@ def panel_zoom(panel: Panel) -> int:
     return max(1, PANEL_PX // max(panel.values.shape))
 
 
-def _gradient(cmap: str) -> str:
-    """A CSS gradient through `cmap`, left (low) to right (high)."""
-    stops = colormaps[cmap](np.linspace(0.0, 1.0, 9), bytes=True)[:, :3]
-    return "linear-gradient(to right, " + ", ".join(f"rgb({r},{g},{b})" for r, g, b in stops) + ")"
-
-
 def _colour_scale(panel: Panel) -> str:
     """The panel's colour scale as HTML: its gradient between the values at both ends."""
-    bar = (f"<span style='display:inline-block;width:100px;height:10px;margin:0 4px;"
-           f"vertical-align:middle;border:1px solid #888;background:{_gradient(panel.cmap)}'>"
-           "</span>")
     middle = " (white: 0)" if panel.vmin == -panel.vmax else ""
-    return f"{panel.vmin:.3g}{bar}{panel.vmax:.3g}{middle}"
+    return colour_bar(panel.cmap, panel.vmin, panel.vmax, middle, width=100)
 
 
 class UpsamplingExplorer(Explorer):
