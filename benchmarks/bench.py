@@ -263,7 +263,13 @@ def _classroom_models() -> tuple[dict, str]:
 def _widget_setups(models: dict):
     """(name, explorer factory, [(control attribute, values to cycle through)]), each built as
     its notebook builds it. Consecutive values differ, so every assignment fires the callback."""
-    from fcn_lesson.widgets import FusionExplorer, LayerExplorer, OutputGridExplorer, UpsamplingExplorer
+    from fcn_lesson.widgets import (
+        FusionExplorer,
+        LayerExplorer,
+        OutputGridExplorer,
+        PixelExplorer,
+        UpsamplingExplorer,
+    )
 
     gains = [0.0, 0.5, 1.0, 1.5, 2.0, 1.2, 0.3]
     return [
@@ -276,6 +282,12 @@ def _widget_setups(models: dict):
         ("layers (nb 3, 6)", lambda: LayerExplorer(models, classroom.validation_set(8), layer="score_fr"),
          [("channel", [0, 1, 2, 3, 4, 5]), ("layer", ["conv1_1", "pool3", "fc7", "score_fr", "out"]),
           ("image", [0, 1, 2, 3])]),
+        ("pixel (nb 5)", lambda: PixelExplorer({"FCN-8s": models["fcn8s"], "FCN-16s": models["fcn16s"]},
+                                               classroom.validation_set(8)),
+         # every row and column: more settings than the explorer keeps drawings of (64), so
+         # each timed move draws afresh, as a student's slider moves mostly do
+         [("row", list(range(128))), ("col", list(range(128))),
+          ("model", ["FCN-16s", "FCN-8s"]), ("image", [0, 1, 2, 3])]),
     ]
 
 

@@ -75,14 +75,16 @@ _STATE_JS = """() => ({
 
 # Latency probes on a widget's root element: the timestamp of the first input event after a reset
 # (capture phase, so it is seen before any handler), and the time of every image `load` inside the
-# widget (load does not bubble, but capture listeners on an ancestor see it).
+# widget (load does not bubble, but capture listeners on an ancestor see it). A button acts on its
+# `click` (the release); timing from the press would add the gap between press and release, which
+# here is Playwright's own round trip to the browser, not the lesson's.
 _LATENCY_JS = """r => {
   if (r.__latency) return;
   r.__latency = {t0: null, loads: []};
   const start = e => {
     if (r.__latency.t0 === null && r.contains(e.target)) r.__latency.t0 = e.timeStamp;
   };
-  for (const type of ['keydown', 'input', 'change', 'pointerdown']) {
+  for (const type of ['keydown', 'input', 'change', 'click']) {
     document.addEventListener(type, start, true);
   }
   r.addEventListener('load', e => {
@@ -405,7 +407,10 @@ class NotebookPage:
         return problems
 
     def _latency(self, root, timeout: float, quiet: float = 0.3) -> float | None:
-        """ms from the input event to the last image load, once no image has loaded for `quiet` s."""
+        """ms from the input event to the last image load, once no image has loaded for `quiet` s.
+        Both times are the browser's own, so polling late changes nothing but the load the poll
+        itself puts on the machine while the widget repaints: the first poll waits `quiet` s."""
+        time.sleep(quiet)
         deadline, last, seen_at = time.monotonic() + timeout, None, time.monotonic()
         while time.monotonic() < deadline:
             state = root.evaluate("r => ({t0: r.__latency.t0, loads: r.__latency.loads.length, "

@@ -198,7 +198,7 @@ def test_smoke_latency_widgets_train_memory_rows(smoke):
         assert r["ours_page_faults"] >= 0
     widgets = {(r["widget"].split(" (")[0], r["control"]) for r in results["widgets"]["rows"]}
     assert {("fusion", "pool4_gain"), ("layers", "channel"), ("output grid", "height"),
-            ("upsampling", "factor")} <= widgets
+            ("upsampling", "factor"), ("pixel", "row"), ("pixel", "model")} <= widgets
     for r in results["widgets"]["rows"]:
         assert 0 < r["median_ms"] <= r["p95_ms"] and r["samples"] == 5
     assert [r["model"] for r in results["train"]["cpu"]["rows"]] == [
