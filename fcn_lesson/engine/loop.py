@@ -199,11 +199,12 @@ def evaluate(model: FCN, data: Dataset, batch_size: int = 16,
 
 
 class _NotebookBar(tqdm_notebook):
-    """tqdm's notebook bar, whose saved output ends as the bar ended.
+    """tqdm's notebook bar, whose saved output ends as the bar ended, as text.
 
-    A notebook stores a widget's text at the moment it is displayed (0%), and that is what a
-    reader without a kernel (GitHub, nbviewer) sees. Displayed with a display id, the output is
-    replaced by the finished bar when it closes.
+    A notebook stores a widget output as a reference to live widget state, with the text it had
+    when displayed (0%); a reader without a kernel (GitHub, nbviewer) sees an empty shell or that
+    stale text. Displayed with a display id, the output is replaced when the bar closes: by the
+    finished bar's text (leave=True), or by nothing (leave=False).
     """
 
     def __init__(self, *args, **kwargs):
@@ -213,7 +214,7 @@ class _NotebookBar(tqdm_notebook):
     def close(self):
         super().close()
         if self._handle is not None:
-            self._handle.update(self.container)
+            self._handle.update({"text/plain": str(self) if self.leave else ""}, raw=True)
             self._handle = None
 
 
