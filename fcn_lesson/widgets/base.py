@@ -2,8 +2,9 @@
 
 A subclass builds its controls and its picture, then calls `_start(controls)`. Its `update()`
 computes from the controls' values (on cached data: a slider move never reruns a backbone),
-moves its figure's artists and returns the result, which the base keeps as `.result` (the one
-name tests and notebooks read). `render()` puts the new picture on screen. `widget()` lays the
+draws its pictures and returns the result, which the base keeps as `.result` (the one name tests
+and notebooks read). `render()` puts the new view on screen: one HTML value with the pictures
+inlined (`fcn_lesson.widgets.png`), one message to the browser per move. `widget()` lays the
 controls out; the MIME bundle shows that live widget where a kernel runs and a PNG of the
 current view everywhere else (GitHub, nbviewer), so a notebook reads without a kernel.
 """
@@ -46,7 +47,7 @@ class Explorer:
     _busy = False
 
     def update(self):
-        """Compute from the controls' values, move the figure's artists, return the result."""
+        """Compute from the controls' values, return the result."""
         raise NotImplementedError
 
     def render(self) -> None:
@@ -58,8 +59,8 @@ class Explorer:
         raise NotImplementedError
 
     def static_png(self) -> bytes:
-        """The current view as PNG bytes (the picture widget's value, by default)."""
-        return self.picture.value
+        """The current view as PNG bytes, for readers without a kernel."""
+        raise NotImplementedError
 
     def layout(self) -> None:
         """Fit the figure's layout once, after the first update (nothing by default)."""

@@ -25,7 +25,7 @@ from fcn_lesson.lessons.fusion import image_mean_iou
 from fcn_lesson.lessons.legends import swatch
 from fcn_lesson.lessons.viz import colorize, to_numpy_image
 from fcn_lesson.widgets.base import Explorer
-from fcn_lesson.widgets.png import encode_png, figure_png, show_png
+from fcn_lesson.widgets.png import encode_png, figure_png, panel_html, row_html, view_html
 from fcn_lesson.widgets.score_cache import ScoreMapCache
 
 __all__ = ["FusionExplorer", "FusionView"]
@@ -99,14 +99,10 @@ class FusionExplorer(Explorer):
         self.pool4_gain = widgets.FloatSlider(1.0, description="pool4 gain", **slider)
         self.pool3_gain = widgets.FloatSlider(1.0, description="pool3 gain",
                                               disabled=model.skips < 2, **slider)
-        titles = ("image", "ground truth", "prediction", "class score")
-        self.views = {t: widgets.Image(format="png") for t in titles}
-        self.readout = widgets.HTML()
-        self.score_scale = widgets.HTML()
+        self.view = widgets.HTML()
         colours = colorize(torch.arange(len(self.classes))[None], palette)[0]  # (K, 3) uint8
-        self.legend = widgets.HTML("".join(swatch(rgb, name)
-                                           for name, rgb in zip(self.classes, colours, strict=True)))
-        self.titles = {t: widgets.HTML(f"<b>{t}</b>") for t in titles}
+        self._legend = "".join(swatch(rgb, name)
+                               for name, rgb in zip(self.classes, colours, strict=True))
         self._start((self.image_index, self.class_index, self.pool4_gain, self.pool3_gain))
 
     @torch.no_grad()
@@ -151,28 +147,28 @@ class FusionExplorer(Explorer):
             image_index=index, class_index=cls, pool4_gain=pool4_gain, pool3_gain=pool3_gain,
             prediction=fused["prediction"], class_score=fused["scores"][cls], score_limit=limit,
             mean_iou=fused["mean_iou"], trained_mean_iou=entry["trained_mean_iou"])
-        self.titles["class score"].value = f"<b>score for '{self.classes[cls]}'</b>"
-        self.score_scale.value = (f"colour scale: blue {-limit:.1f} · white 0 · red {limit:.1f} "
-                                  "(the trained net's range on this image; beyond it, clipped)")
-        self.readout.value = (
+        readout = (
             f"image {index}: mean IoU <b>{view.mean_iou:.3f}</b> with pool4 gain {pool4_gain:.1f}, "
             f"pool3 gain {pool3_gain:.1f} (trained net, gains 1: {view.trained_mean_iou:.3f}); "
             f"{100 * fused['changed']:.1f}% of the pixels change class")
-        # The pictures last: the browser has the texts by the time the images load.
-        show_png(self.views["image"], entry["image_png"])
-        show_png(self.views["ground truth"], entry["mask_png"])
-        show_png(self.views["prediction"], fused["png"])
-        show_png(self.views["class score"], encode_png(_score_rgb(view.class_score, limit), self.zoom))
+        score_png = encode_png(_score_rgb(view.class_score, limit), self.zoom)
+        panels = row_html(
+            panel_html("<b>image</b>", entry["image_png"], "image"),
+            panel_html("<b>ground truth</b>", entry["mask_png"], "ground truth"),
+            panel_html("<b>prediction</b>", fused["png"], "prediction"),
+            panel_html(f"<b>score for '{self.classes[cls]}'</b>", score_png, "class score"))
+        scale = (f"colour scale: blue {-limit:.1f} · white 0 · red {limit:.1f} "
+                 "(the trained net's range on this image; beyond it, clipped)")
+        self.view.value = view_html(readout, panels, self._legend, scale)
         return view
 
     def render(self) -> None:
-        """Nothing to add: `update` has already put the four panels' PNGs in place."""
+        """Nothing to add: `update` has already put the view in place."""
 
     def widget(self) -> widgets.Widget:
         controls = widgets.HBox([self.image_index, self.class_index])
         gains = widgets.HBox([self.pool4_gain, self.pool3_gain])
-        panels = widgets.HBox([widgets.VBox([self.titles[t], v]) for t, v in self.views.items()])
-        return widgets.VBox([controls, gains, self.readout, panels, self.legend, self.score_scale])
+        return widgets.VBox([controls, gains, self.view])
 
     def static_png(self) -> bytes:
         """The four panels of the current view, with their titles, as one PNG: what a reader

@@ -7,8 +7,9 @@ covers the s x s pixels it was computed from (the input is padded to a multiple 
 the cells of every stage tile the padded image exactly; see models.py).
 
 Both pictures are arrays coloured with numpy and shown as small PNGs (a move takes a few
-milliseconds); titles, captions and the colour scale are HTML. Redrawing a matplotlib figure
-took several times longer, mostly for its text: matplotlib draws only the static picture.
+milliseconds); titles, captions and the colour scale are HTML, sent with the pictures as one
+value (`fcn_lesson.widgets.png`). Redrawing a matplotlib figure took several times longer,
+mostly for its text: matplotlib draws only the static picture.
 
 Layers, in the order the network computes them:
   conv1_1 ... conv5_3  a convolution's output after its BatchNorm (if any) and ReLU,
@@ -44,7 +45,7 @@ from fcn_lesson.lessons.layers import (
 from fcn_lesson.lessons.legends import colour_bar
 from fcn_lesson.lessons.viz import to_numpy_image
 from fcn_lesson.widgets.base import Explorer, check_models_and_dataset
-from fcn_lesson.widgets.png import encode_png, figure_png, show_png
+from fcn_lesson.widgets.png import encode_png, figure_png, panel_html, row_html, view_html
 
 __all__ = ["LayerExplorer"]
 
@@ -87,8 +88,8 @@ class LayerExplorer(Explorer):
     """Sliders for the image, layer and channel (and a model menu when given several
     models); the image and, beside it, the chosen channel's activation map.
 
-    `update()` reads the controls, puts the titles, captions and the two pictures in place and
-    returns the map shown, (h, w) numpy (kept as `.result`); moving a control calls it.
+    `update()` reads the controls, puts the titles, captions and the two pictures in `view`
+    (one HTML widget) and returns the map shown, (h, w) numpy (kept as `.result`); moving a control calls it.
     Activations are captured once per (model, image) and kept for the `cache_size` most recent
     ones; when every (model, image) pair fits, all are captured up front. Display with
     `display(explorer)`; `static_figure()` draws the current view with matplotlib.
@@ -122,11 +123,7 @@ class LayerExplorer(Explorer):
         self.image = widgets.IntSlider(image, min=0, max=len(dataset) - 1, description="image")
         self.layer = widgets.Dropdown(options=list(activations), value=layer, description="layer")
         self.channel = widgets.IntSlider(channel, min=0, max=channels - 1, description="channel")
-        self.readout = widgets.HTML()
-        self.image_title, self.image_caption = widgets.HTML(), widgets.HTML()
-        self.map_title, self.map_caption = widgets.HTML(), widgets.HTML()
-        self.image_picture = widgets.Image(format="png")
-        self.map_picture = widgets.Image(format="png")
+        self.view = widgets.HTML()
         self._start((self.model, self.image, self.layer, self.channel))
 
     def activations(self, model: str, index: int) -> OrderedDict[str, torch.Tensor]:
@@ -174,24 +171,23 @@ class LayerExplorer(Explorer):
         stride = map_stride(name, activations[name], height)
         colours = map_colours(name, values)
         h, w = values.shape
-        self.readout.value = (
+        readout = (
             f"<b>{name}</b> ({model}): {channels} channels of {h} x {w} cells, stride {stride} "
             f"(one cell per {stride} x {stride} pixels); this channel ranges "
             f"{values.min():.3g} to {values.max():.3g}.")
         image_title, map_title = self._titles()
-        self.image_title.value = f"<b>{image_title}</b>"
-        self.map_title.value = f"<b>{map_title}</b>"
-        self.image_caption.value = f"{width} x {height} pixels; x to the right, y down"
-        self.map_caption.value = (f"one cell = {stride} x {stride} pixels; outlines: the objects' "
-                                  f"edges<br>{colour_scale_html(colours)}")
-        # The pictures last: the browser has everything else by the time they load.
-        show_png(self.image_picture, capture.image_png)
-        show_png(self.map_picture,
-                 encode_png(map_rgb(values, stride, colours, capture.edges), capture.zoom))
+        self.view.value = view_html(readout, row_html(
+            panel_html(f"<b>{image_title}</b>", capture.image_png, "image",
+                       below=f"{width} x {height} pixels; x to the right, y down"),
+            panel_html(f"<b>{map_title}</b>",
+                       encode_png(map_rgb(values, stride, colours, capture.edges), capture.zoom),
+                       "activation",
+                       below=(f"one cell = {stride} x {stride} pixels; outlines: the objects' "
+                              f"edges<br>{colour_scale_html(colours)}"))))
         return values
 
     def render(self) -> None:
-        """Nothing to add: `update` has already put the two pictures in place."""
+        """Nothing to add: `update` has already put the view in place."""
 
     def static_figure(self) -> Figure:
         """The current view as a matplotlib figure, with axes and a colour bar."""
@@ -209,8 +205,4 @@ class LayerExplorer(Explorer):
     def widget(self) -> widgets.Widget:
         controls = widgets.HBox([widgets.VBox([self.model, self.image]),
                                  widgets.VBox([self.layer, self.channel])])
-        pictures = widgets.HBox([
-            widgets.VBox([self.image_title, self.image_picture, self.image_caption]),
-            widgets.VBox([self.map_title, self.map_picture, self.map_caption],
-                         layout=widgets.Layout(margin="0 0 0 16px"))])
-        return widgets.VBox([controls, self.readout, pictures])
+        return widgets.VBox([controls, self.view])

@@ -9,7 +9,8 @@ score map has a cell for every 32 pixels of the (padded) image instead of 6 fewe
 The pictures are arrays drawn with numpy and shown as PNGs (a move takes milliseconds; a
 matplotlib redraw took several times longer, mostly for its text). The image with its grid
 and cell centres is drawn once per image size and head; moving the cell only copies it and
-draws the two boxes. Titles and legend are HTML; matplotlib draws only the static picture.
+draws the two boxes. Titles and legend are HTML, sent with the pictures as one value
+(`fcn_lesson.widgets.png`); matplotlib draws only the static picture.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from fcn_lesson.lessons.output_grid import (
     sample_canvas,
 )
 from fcn_lesson.widgets.base import Explorer
-from fcn_lesson.widgets.png import encode_png, figure_png, show_png
+from fcn_lesson.widgets.png import encode_png, figure_png, panel_html, row_html, view_html
 
 __all__ = ["OutputGridExplorer"]
 
@@ -70,6 +71,14 @@ def _swatch(style: str) -> str:
             f"vertical-align:middle;{style}'></span>")
 
 
+# What each head does to the map, said under the map's title.
+HEAD_NOTES = {
+    "convolutionalized VGG16": "fc6 is a 7 x 7 convolution without padding, so the map is 6 "
+                               "cells smaller than the image / 32",
+    "FCN (fc6 padding 3)": "the FCN backbone used from notebook 3 on: the input padded to a "
+                           "multiple of 32 and fc6 padded by 3, one cell per 32 x 32 block",
+}
+
 LEGEND = (
     _swatch("background:rgba(31,119,180,0.25);border:2px solid rgb(31,119,180)")
     + f"the chosen cell's {VGG_INPUT}-px window"
@@ -87,9 +96,9 @@ class OutputGridExplorer(Explorer):
     224-pixel window and receptive field are drawn on the image.
 
     `update()` recomputes from the controls' values, writes the readout and titles, and
-    returns the `OutputGrid`; moving a control calls it, then `render()` puts the pictures in
-    place (after the text, so they are the last to load). Display the explorer with
-    `display(explorer)`.
+    returns the `OutputGrid`; moving a control calls it, then `render()` draws the pictures and
+    sends the whole view, texts and pictures, as one HTML value (`view`). Display the explorer
+    with `display(explorer)`.
     """
 
     what = "output grid explorer"
@@ -105,18 +114,13 @@ class OutputGridExplorer(Explorer):
         self.row = widgets.IntSlider(row, min=0, max=MAX_SIDE // 32, description="cell row")
         self.col = widgets.IntSlider(col, min=0, max=MAX_SIDE // 32,
                                      description="cell column")
-        # Buttons as wide as their labels (the default width cut them to "convolutionalized…"),
-        # with a tooltip each.
-        self.head = widgets.ToggleButtons(
+        # A menu, not toggle buttons: with toggle buttons a head switch took 117 and 123 ms from
+        # click to picture at p95 in two browser runs, the sliders 68-89 ms.
+        self.head = widgets.Dropdown(
             options=list(HEADS), value=head, description="head",
-            tooltips=["VGG16's classifier as convolutions: fc6 is a 7 x 7 convolution without "
-                      "padding, so the map is 6 cells smaller than the image / 32",
-                      "the FCN backbone used from notebook 3 on: the input padded to a multiple "
-                      "of 32 and fc6 padded by 3, one cell per 32 x 32 block"],
-            style={"button_width": "auto"})
-        self.readout = widgets.HTML()
-        self.title, self.map_title = widgets.HTML(), widgets.HTML()
-        self.picture, self.map_picture = widgets.Image(format="png"), widgets.Image(format="png")
+            layout=widgets.Layout(width="340px"))  # "max-content" hid the labels' last letter
+        self.view = widgets.HTML()
+        self._texts = ("", "", "")  # readout, picture title, map title: `update` writes them
         self.canvas = sample_canvas()
         self._canvas_255 = self.canvas * 255.0
         # Shrunk once: shrinking the whole image on every size change took most of a move.
@@ -137,20 +141,21 @@ class OutputGridExplorer(Explorer):
         grid = output_grid(height, width, self.row.value, self.col.value, head)
         stage, (top, left, bottom, right) = grid.stage, grid.window
         rf = grid.receptive_field
-        self.readout.value = (
+        readout = (
             f"<b>{height} x {width}</b> image &rarr; <b>{h} x {w}</b> score map "
             f"({h * w} cells, stride {stage.stride}). Cell {grid.cell}: {VGG_INPUT}-px window "
             f"rows {top}&ndash;{bottom - 1}, columns {left}&ndash;{right - 1}; receptive "
             f"field {stage.receptive_field} px: rows {rf[0]}&ndash;{rf[2] - 1}, columns "
             f"{rf[1]}&ndash;{rf[3] - 1} (beyond the image it sees zero padding).")
         frame_top, frame_left, frame_bottom, frame_right = self._frame(grid)
-        self.title.value = (
+        title = (
             f"<b>{height} x {width} image: cell {grid.cell} of the {h} x {w} score map</b><br>"
             f"x from {frame_left} to {frame_right} px (left to right), y from {frame_top} to "
             f"{frame_bottom} px (top to bottom); the image starts at (0, 0). One screen pixel "
             f"is {SCALE} x {SCALE} image pixels; grid lines every {stage.stride} px.")
-        self.map_title.value = (f"<b>score map {h} x {w}</b> ({head})<br>row 0 at the top, "
-                                f"column 0 at the left; blue: cell {grid.cell}")
+        map_title = (f"<b>score map {h} x {w}</b> ({head}: {HEAD_NOTES[head]})<br>row 0 at "
+                     f"the top, column 0 at the left; blue: cell {grid.cell}")
+        self._texts = (readout, title, map_title)
         return grid
 
     @staticmethod
@@ -223,8 +228,13 @@ class OutputGridExplorer(Explorer):
         return picture
 
     def render(self) -> None:
-        show_png(self.picture, encode_png(self.picture_rgb(self.result)))
-        show_png(self.map_picture, encode_png(self.map_rgb(self.result)))
+        readout, title, map_title = self._texts
+        # Columns as wide as the largest pictures (514 px, and the score map's MAP_PX): the
+        # pictures change size with the controls, the layout does not.
+        self.view.value = view_html(readout, row_html(
+            panel_html(title, encode_png(self.picture_rgb(self.result)), "image", width=530),
+            panel_html(map_title, encode_png(self.map_rgb(self.result)), "score map",
+                       width=MAP_PX + 60)))
 
     def static_png(self) -> bytes:
         """The current view as a matplotlib figure, with axes and a legend: what a reader
@@ -238,12 +248,5 @@ class OutputGridExplorer(Explorer):
     def widget(self) -> widgets.Widget:
         sizes = widgets.VBox([self.height, self.width])
         cell = widgets.VBox([self.row, self.col])
-        # Columns as wide as the largest pictures (514 px, and the score map's MAP_PX): the
-        # pictures change size with the controls, the layout does not.
-        pictures = widgets.HBox([widgets.VBox([self.title, self.picture],
-                                              layout=widgets.Layout(width="530px")),
-                                 widgets.VBox([self.map_title, self.map_picture],
-                                              layout=widgets.Layout(width=f"{MAP_PX + 60}px"))],
-                                layout=widgets.Layout(flex_flow="row wrap"))
-        return widgets.VBox([widgets.HBox([sizes, cell]), self.head, self.readout, pictures,
+        return widgets.VBox([widgets.HBox([sizes, cell]), self.head, self.view,
                              widgets.HTML(LEGEND)])

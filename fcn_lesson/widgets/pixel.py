@@ -5,9 +5,9 @@ slider (`fcn_lesson.lessons.explain_panels`): the receptive fields of the pixel,
 the score-map cells at strides 32, 16 and 8 that feed the pixel, and the streams' contributions
 to the top classes, with the sentence that explains the prediction. The backbone runs while the
 explorer is built, on every image for every model (`ScoreMapCache`); a control move only redoes
-`explain_from_maps` on the cached score maps and redraws five small PNGs and an SVG chart, and a
-setting seen recently is shown again from its cached drawing. `static_png` draws the matplotlib
-figure, for readers without a kernel.
+`explain_from_maps` on the cached score maps and draws five small PNGs and an SVG chart into one
+HTML view (`fcn_lesson.widgets.png`), and a setting seen recently is shown again from its cached
+view. `static_png` draws the matplotlib figure, for readers without a kernel.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import NamedTuple
 
 import ipywidgets as widgets
 import torch
@@ -27,7 +26,6 @@ from fcn_lesson.core.models import FCN
 from fcn_lesson.datasets.shapes import CLASSES, PALETTE
 from fcn_lesson.lessons.explain import (
     SOURCES,
-    STREAMS,
     PixelExplanation,
     explain_from_maps,
     explain_sentence,
@@ -44,7 +42,7 @@ from fcn_lesson.lessons.explain_panels import (
 from fcn_lesson.lessons.legends import swatch
 from fcn_lesson.lessons.viz import colorize, to_numpy_image
 from fcn_lesson.widgets.base import Explorer, check_models_and_dataset
-from fcn_lesson.widgets.png import encode_png, figure_png, show_png
+from fcn_lesson.widgets.png import encode_png, figure_png, panel_html, row_html, view_html
 from fcn_lesson.widgets.score_cache import ScoreMapCache
 
 __all__ = ["PixelExplorer", "PixelView"]
@@ -68,28 +66,19 @@ class PixelView:
     truth: int  # the ground-truth class at the pixel
 
 
-class _Drawing(NamedTuple):
-    """Everything the explorer shows for one (model, image, row, column): made once, shown
-    again as it is when the controls come back to that setting."""
-
-    view: PixelView
-    texts: dict[str, str]  # readout, titles, legend and chart, by the name of their widget
-    pngs: dict[str, bytes]  # the panels' pictures, by panel
-
-
 class PixelExplorer(Explorer):
     """A model menu (when given several), image, row and column sliders; the panels explain
     the chosen pixel's prediction stream by stream.
 
-    `update()` reads the controls, redraws the panels (`panels`, PNGs in `ipywidgets.Image`s;
-    `chart`, an SVG bar chart) and returns a `PixelView` (kept as `.result`); moving a control
-    calls it. `dataset[i]` must give (image (3, H, W), mask (H, W)); `zoom` enlarges the image
-    panels. Display with `display(explorer)`.
+    `update()` reads the controls, puts the panels (PNGs), their titles, the readout and an SVG
+    bar chart into `view`, one HTML widget, and returns a `PixelView` (kept as `.result`);
+    moving a control calls it. `dataset[i]` must give (image (3, H, W), mask (H, W)); `zoom`
+    enlarges the image panels. Display with `display(explorer)`.
 
     Building it runs every model's backbone on the whole dataset (`ScoreMapCache`: in batches,
     for up to 512 images; a larger dataset is run image by image on first view). The pictures
     each (model, image) starts from are kept for the last `cache_size` of them, and the
-    drawings of the last `drawings` settings of the controls.
+    views of the last `drawings` settings of the controls.
     """
 
     what = "pixel explorer"
@@ -117,21 +106,10 @@ class PixelExplorer(Explorer):
         self.image = widgets.IntSlider(image, min=0, max=len(dataset) - 1, description="image")
         self.row = widgets.IntSlider(row, min=0, max=height - 1, description="row")
         self.col = widgets.IntSlider(col, min=0, max=width - 1, description="column")
-        self.readout = widgets.HTML()
-        names = ("receptive fields", "prediction", *STREAMS)
-        self.panels = {name: widgets.Image(format="png") for name in names}
-        self.titles = {name: widgets.HTML() for name in names}
-        for s in STREAMS:  # as wide as their panels, so that long titles wrap
-            self.titles[s].layout.width = f"{feeding_side(zoom)}px"
-        self.titles["chart"] = widgets.HTML("<b>what each stream adds to the top classes</b>")
-        self.chart = widgets.HTML()
-        self.field_legend = widgets.HTML()
+        self.view = widgets.HTML()
         colours = colorize(torch.arange(len(self.classes))[None], palette)[0]  # (K, 3) uint8
-        self.class_legend = widgets.HTML("prediction: " + "".join(
-            swatch(rgb, name) for name, rgb in zip(self.classes, colours, strict=True)))
-        self.cells_caption = widgets.HTML(_CELLS_CAPTION)
-        # One stream's title and panel, hidden while the chosen model lacks that stream
-        self._feeding = {s: widgets.VBox([self.titles[s], self.panels[s]]) for s in STREAMS}
+        self._class_legend = "prediction: " + "".join(
+            swatch(rgb, name) for name, rgb in zip(self.classes, colours, strict=True))
         self._start((self.model, self.image, self.row, self.col))
 
     @torch.no_grad()
@@ -151,8 +129,9 @@ class PixelExplorer(Explorer):
             "stages": {stage.name: stage for stage in stage_table(model, height, width)},
         }
 
-    def _draw(self, name: str, index: int, row: int, col: int) -> _Drawing:
-        """Explain pixel (row, col) of image `index` under model `name`, and draw it."""
+    def _draw(self, name: str, index: int, row: int, col: int) -> tuple[PixelView, str]:
+        """Explain pixel (row, col) of image `index` under model `name`, and draw it: the view's
+        result and its HTML."""
         entry = self._entry(name, index)
         e = explain_from_maps(self.models[name], entry["maps"], *entry["size"], row, col,
                               entry["stages"])
@@ -161,25 +140,28 @@ class PixelExplorer(Explorer):
         predicted = self._name(e.prediction)
         cells = ", ".join(f"{len(f.cells)} at stride {f.stride}" for f in e.feeding.values())
         verdict = "right" if truth == e.prediction else f"wrong (truth: {self._name(truth)})"
-        texts = {
-            "readout": (f"<b>{name}, image {index}, pixel ({row}, {col})</b>: predicts "
-                        f"<b>{predicted}</b>, {verdict}. {sentence}. Feeding cells: {cells}."),
-            "receptive fields": f"<b>pixel ({row}, {col}): receptive fields</b>",
-            "prediction": f"<b>{name} predicts: {predicted}</b>",
-            **{s: (f"<b>{SOURCES[s]} cells (stride {e.feeding[s].stride}) add "
-                   f"{float(e.contributions[s][e.prediction]):+.1f} to {predicted}</b>")
-               for s in e.streams},
-            "field legend": "receptive fields: " + "".join(
-                swatch(stream_rgb(s), f"{SOURCES[s]} {self._side(e, s)}") for s in e.streams),
-            "chart": contributions_svg(e, self.classes),
-        }
-        pictures = {
-            "receptive fields": receptive_field_panel(entry["picture"], e, self.zoom),
-            "prediction": pixel_panel(entry["prediction_rgb"], e, self.zoom),
-            **{s: feeding_panel(entry["picture"], e, s, self.zoom) for s in e.streams},
-        }
-        return _Drawing(PixelView(name, index, e, sentence, truth), texts,
-                        {key: encode_png(rgb) for key, rgb in pictures.items()})
+        readout = (f"<b>{name}, image {index}, pixel ({row}, {col})</b>: predicts "
+                   f"<b>{predicted}</b>, {verdict}. {sentence}. Feeding cells: {cells}.")
+        top = row_html(
+            panel_html(f"<b>pixel ({row}, {col}): receptive fields</b>",
+                       encode_png(receptive_field_panel(entry["picture"], e, self.zoom)),
+                       "receptive fields"),
+            panel_html(f"<b>{name} predicts: {predicted}</b>",
+                       encode_png(pixel_panel(entry["prediction_rgb"], e, self.zoom)),
+                       "prediction"),
+            f"<div style='flex:none'><div><b>what each stream adds to the top classes</b></div>"
+            f"{contributions_svg(e, self.classes)}</div>")
+        field_legend = "receptive fields: " + "".join(
+            swatch(stream_rgb(s), f"{SOURCES[s]} {self._side(e, s)}") for s in e.streams)
+        # One panel per stream the model has, each as wide as its picture so long titles wrap.
+        feeding = row_html(*(
+            panel_html(f"<b>{SOURCES[s]} cells (stride {e.feeding[s].stride}) add "
+                       f"{float(e.contributions[s][e.prediction]):+.1f} to {predicted}</b>",
+                       encode_png(feeding_panel(entry["picture"], e, s, self.zoom)), s,
+                       width=feeding_side(self.zoom))
+            for s in e.streams))
+        html = view_html(readout, top, field_legend, self._class_legend, feeding, _CELLS_CAPTION)
+        return PixelView(name, index, e, sentence, truth), html
 
     def update(self) -> PixelView:
         name, index = self.model.value, self.image.value
@@ -188,19 +170,9 @@ class PixelExplorer(Explorer):
         # `quietly` keeps out until this update ends.
         with self.quietly():
             self.row.max, self.col.max = height - 1, width - 1
-        drawing = self._drawing(name, index, self.row.value, self.col.value)
-        streams = drawing.view.explanation.streams
-        self.readout.value = drawing.texts["readout"]
-        for key in ("receptive fields", "prediction", *streams):
-            self.titles[key].value = drawing.texts[key]
-        self.field_legend.value = drawing.texts["field legend"]
-        self.chart.value = drawing.texts["chart"]
-        for s, box in self._feeding.items():
-            box.layout.display = "" if s in streams else "none"
-        # The images last: the browser has the titles by the time the pictures load.
-        for key, png in drawing.pngs.items():
-            show_png(self.panels[key], png)
-        return drawing.view
+        view, html = self._drawing(name, index, self.row.value, self.col.value)
+        self.view.value = html
+        return view
 
     @staticmethod
     def _side(e: PixelExplanation, stream: str) -> str:
@@ -214,16 +186,12 @@ class PixelExplorer(Explorer):
         return self.classes[k] if 0 <= k < len(self.classes) else f"label {k}"
 
     def render(self) -> None:
-        """Nothing to add: `update` has already put the panels' PNGs in place."""
+        """Nothing to add: `update` has already put the view in place."""
 
     def widget(self) -> widgets.Widget:
         controls = widgets.HBox([widgets.VBox([self.model, self.image]),
                                  widgets.VBox([self.row, self.col])])
-        top = widgets.HBox([widgets.VBox([self.titles[name], self.panels[name]])
-                            for name in ("receptive fields", "prediction")]
-                           + [widgets.VBox([self.titles["chart"], self.chart])])
-        return widgets.VBox([controls, self.readout, top, self.field_legend, self.class_legend,
-                             widgets.HBox(list(self._feeding.values())), self.cells_caption])
+        return widgets.VBox([controls, self.view])
 
     def static_png(self) -> bytes:
         """The current view as one matplotlib figure (`plot_pixel_explanation`): what a reader

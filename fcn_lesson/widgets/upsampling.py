@@ -7,8 +7,9 @@ phases with unequal gains (a checkerboard) and, when kernel size and factor diff
 parity, a half-pixel shift that no padding can remove.
 
 Each panel is an array coloured with its colormap and enlarged to a small PNG (a few
-milliseconds); titles and colour scales are HTML. Redrawing a matplotlib figure on every move
-took several times longer, mostly for its text. Matplotlib draws only the static picture.
+milliseconds); titles and colour scales are HTML, sent with the pictures as one value
+(`fcn_lesson.widgets.png`). Redrawing a matplotlib figure on every move took several times
+longer, mostly for its text. Matplotlib draws only the static picture.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from fcn_lesson.lessons.upsampling import (
     upsampling_panels,
 )
 from fcn_lesson.widgets.base import Explorer
-from fcn_lesson.widgets.png import encode_png, figure_png, show_png
+from fcn_lesson.widgets.png import encode_png, figure_png, panel_html, row_html, view_html
 
 __all__ = ["UpsamplingExplorer"]
 
@@ -38,6 +39,10 @@ __all__ = ["UpsamplingExplorer"]
 # screen pixels a side: kernels of 1 to 32 taps and outputs of 24 to 96 pixels come out 168
 # to 216 pixels wide.
 PANEL_PX = 216
+
+
+_NOTE = ("Each square is one pixel (in the kernel: one tap); row 0 at the top, column 0 at the "
+         "left. Below each panel: its colour scale.")
 
 
 def panel_rgb(panel: Panel) -> np.ndarray:
@@ -63,7 +68,7 @@ class UpsamplingExplorer(Explorer):
 
     `update()` recomputes from the controls' values, writes the readout, titles and colour
     scales, and returns the `UpsamplingResult`; moving a control calls it, then `render()`
-    puts the four panels' PNGs in place (after the text, so they are the last to load).
+    draws the four panels and sends the whole view as one HTML value (`view`).
     Display the explorer with `display(explorer)`.
     """
 
@@ -75,23 +80,22 @@ class UpsamplingExplorer(Explorer):
         self.factor = widgets.IntSlider(factor, min=2, max=8, description="factor s")
         self.kernel_size = widgets.IntSlider(kernel_size, min=1, max=32,
                                              description="kernel k")
-        self.kind = widgets.ToggleButtons(options=KERNEL_KINDS, value=kind,
-                                          description="kernel")
-        self.readout = widgets.HTML()
-        self.pictures = [widgets.Image(format="png") for _ in range(4)]
-        self.titles = [widgets.HTML() for _ in range(4)]
-        self.scales = [widgets.HTML() for _ in range(4)]
+        # A menu, not toggle buttons: with toggle buttons a change of kind took 113 and 121 ms
+        # from click to picture at p95 in two browser runs, the sliders 83-104 ms.
+        self.kind = widgets.Dropdown(options=KERNEL_KINDS, value=kind, description="kernel",
+                                     layout=widgets.Layout(width="220px"))
+        self.view = widgets.HTML()
+        self._texts: list[str] = []  # the readout, then each panel's title and colour scale
         self._start((self.factor, self.kernel_size, self.kind))
 
     def update(self) -> UpsamplingResult:
         r = compare_upsampling(self.image, self.factor.value, self.kernel_size.value,
                                self.kind.value)
-        for panel, title, scale in zip(upsampling_panels(r), self.titles, self.scales,
-                                       strict=True):
+        texts = []
+        for panel in upsampling_panels(r):
             height, width = panel.values.shape
             what = "taps" if panel.title == "kernel" else "pixels"
-            title.value = f"<b>{panel.title}</b><br>{height} x {width} {what}"
-            scale.value = _colour_scale(panel)
+            texts += [f"<b>{panel.title}</b><br>{height} x {width} {what}", _colour_scale(panel)]
         fcn = " (FCN's setting)" if r.kind == "bilinear" and r.kernel_size == 2 * r.factor else ""
         height, width = r.upsampled.shape
         if math.isnan(r.interior_max_diff):  # every pixel is within `margin` of the border
@@ -101,14 +105,20 @@ class UpsamplingExplorer(Explorer):
         else:
             compared = (f"max |conv - interpolate|: {r.interior_max_diff:.2g} more than "
                         f"{r.margin} px from the border, {r.border_max_diff:.2g} within it")
-        self.readout.value = (
+        readout = (
             f"<b>k = {r.kernel_size}, s = {r.factor}, {r.kind}{fcn}</b>: {r.verdict}.<br>"
             f"{compared}; checkerboard variance {r.checkerboard_var:.3g}; shift {r.shift:g} px.")
+        self._texts = [readout, *texts]
         return r
 
     def render(self) -> None:
-        for panel, picture in zip(upsampling_panels(self.result), self.pictures, strict=True):
-            show_png(picture, encode_png(panel_rgb(panel), panel_zoom(panel)))
+        readout, *texts = self._texts
+        # Fixed-width columns: the panels change size with the controls, the layout does not.
+        panels = [panel_html(title, encode_png(panel_rgb(panel), panel_zoom(panel)), panel.title,
+                             below=scale, width=PANEL_PX + 14)
+                  for panel, title, scale in zip(upsampling_panels(self.result), texts[::2],
+                                                 texts[1::2], strict=True)]
+        self.view.value = view_html(readout, _NOTE, row_html(*panels))
 
     def static_png(self) -> bytes:
         """The current view as a matplotlib figure, with axes and colour bars: what a reader
@@ -116,12 +126,4 @@ class UpsamplingExplorer(Explorer):
         return figure_png(plot_upsampling(self.result))
 
     def widget(self) -> widgets.Widget:
-        controls = widgets.HBox([self.factor, self.kernel_size, self.kind])
-        # Fixed-width columns: the panels change size with the controls, the layout does not.
-        panels = widgets.HBox(
-            [widgets.VBox(column, layout=widgets.Layout(width=f"{PANEL_PX + 14}px"))
-             for column in zip(self.titles, self.pictures, self.scales, strict=True)],
-            layout=widgets.Layout(flex_flow="row wrap"))
-        note = widgets.HTML("Each square is one pixel (in the kernel: one tap); row 0 at the top, "
-                            "column 0 at the left. Below each panel: its colour scale.")
-        return widgets.VBox([controls, self.readout, note, panels])
+        return widgets.VBox([widgets.HBox([self.factor, self.kernel_size, self.kind]), self.view])

@@ -13,6 +13,7 @@ from fcn_lesson.datasets.shapes import CLASSES, ShapesDataset
 from fcn_lesson.lessons.fusion import image_mean_iou
 from fcn_lesson.lessons.viz import colorize
 from fcn_lesson.widgets.fusion import FusionExplorer
+from fcn_lesson.widgets.png import png_size, pngs_in
 
 K = len(CLASSES)
 
@@ -75,10 +76,10 @@ def test_gains_refuse_the_cached_maps(explorer, data, pool4_gain, pool3_gain):
     assert torch.allclose(view.class_score, scores[4], atol=1e-5)
     assert not torch.equal(view.prediction, trained)  # the setting changes what is shown
     assert view.mean_iou == image_mean_iou(scores.argmax(0), mask, K)
-    assert f"mean IoU <b>{view.mean_iou:.3f}</b>" in explorer.readout.value
-    assert f"gains 1: {view.trained_mean_iou:.3f}" in explorer.readout.value
+    assert f"mean IoU <b>{view.mean_iou:.3f}</b>" in explorer.view.value
+    assert f"gains 1: {view.trained_mean_iou:.3f}" in explorer.view.value
     # the picture shown is the prediction in the lesson's colours
-    shown = _decoded(explorer.views["prediction"].value, explorer.zoom)
+    shown = _decoded(pngs_in(explorer.view.value)["prediction"], explorer.zoom)
     assert np.array_equal(shown, colorize(view.prediction))
 
 
@@ -87,7 +88,7 @@ def test_mean_iou_readout_follows_the_gains(explorer):
     shown = {}
     for gain in (1.0, 0.0):
         explorer.pool4_gain.value = explorer.pool3_gain.value = gain
-        shown[gain] = (explorer.result.mean_iou, explorer.readout.value)
+        shown[gain] = (explorer.result.mean_iou, explorer.view.value)
     assert shown[1.0][0] != shown[0.0][0]
     assert shown[1.0][1] != shown[0.0][1]
     assert f"{shown[0.0][0]:.3f}" in shown[0.0][1]
@@ -100,7 +101,7 @@ def test_class_changes_the_score_map_not_the_prediction(explorer):
     second = explorer.result
     assert torch.equal(first.prediction, second.prediction)
     assert not torch.equal(first.class_score, second.class_score)
-    assert CLASSES[second.class_index] in explorer.titles["class score"].value
+    assert f"score for '{CLASSES[second.class_index]}'" in explorer.view.value
 
 
 def test_score_colours_use_a_fixed_per_image_scale(explorer):
@@ -109,7 +110,7 @@ def test_score_colours_use_a_fixed_per_image_scale(explorer):
     assert trained.score_limit == pytest.approx(trained.class_score.abs().max().item())
     explorer.pool4_gain.value = 2.0
     assert explorer.result.score_limit == trained.score_limit  # the scale does not follow the sliders
-    shown = _decoded(explorer.views["class score"].value, explorer.zoom).astype(int)
+    shown = _decoded(pngs_in(explorer.view.value)["class score"], explorer.zoom).astype(int)
     white = np.unravel_index(explorer.result.class_score.abs().argmin().item(), shown.shape[:2])
     strongest = np.unravel_index(explorer.result.class_score.abs().argmax().item(), shown.shape[:2])
     assert (shown[white] > 220).all()  # near zero: white
@@ -176,9 +177,10 @@ def test_widget_layout_holds_the_controls(explorer):
         flat.append(w)
         stack.extend(getattr(w, "children", ()))
     for control in (explorer.image_index, explorer.class_index, explorer.pool4_gain,
-                    explorer.pool3_gain, explorer.readout, explorer.legend, *explorer.views.values()):
+                    explorer.pool3_gain, explorer.view):
         assert control in flat
-    assert all(name in explorer.legend.value for name in CLASSES)
+    assert set(pngs_in(explorer.view.value)) == {"image", "ground truth", "prediction", "class score"}
+    assert all(f"</span>{name}</span>" in explorer.view.value for name in CLASSES)  # the legend
 
 
 def test_static_png_shows_the_current_view_for_readers_without_a_kernel(explorer):
@@ -195,8 +197,6 @@ def test_static_png_shows_the_current_view_for_readers_without_a_kernel(explorer
 
 
 def test_panels_are_shown_at_their_own_pixel_size(explorer):
-    from fcn_lesson.widgets.png import png_size
-
-    for view in explorer.views.values():
-        width, height = png_size(view.value)
-        assert (view.layout.width, view.layout.height) == (f"{width}px", f"{height}px")
+    for name, png in pngs_in(explorer.view.value).items():
+        width, height = png_size(png)
+        assert f"<img alt='{name}' width='{width}' height='{height}'" in explorer.view.value

@@ -2,6 +2,7 @@
 
 import base64
 import io
+import re
 import statistics
 import time
 
@@ -22,14 +23,21 @@ from fcn_lesson.lessons.layers import (
     plot_layer_view,
 )
 from fcn_lesson.widgets.layers import LayerExplorer
-from fcn_lesson.widgets.png import png_size
+from fcn_lesson.widgets.png import png_size, pngs_in
 
 CONVS = [f"conv{i}_{j}" for i, n in enumerate((2, 2, 3, 3, 3), 1) for j in range(1, n + 1)]
 
 
-def _pixels(picture, zoom: int) -> np.ndarray:
-    """The picture widget's PNG as (H, W, 3) uint8, one entry per image pixel."""
-    return np.asarray(Image.open(io.BytesIO(picture.value)).convert("RGB"))[::zoom, ::zoom]
+def _pixels(explorer, name: str, zoom: int) -> np.ndarray:
+    """A picture of the explorer's view ("image" or "activation") as (H, W, 3) uint8, one entry
+    per image pixel."""
+    png = pngs_in(explorer.view.value)[name]
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))[::zoom, ::zoom]
+
+
+def _caption(explorer) -> str:
+    """The text under the activation map: its cell size, then its colour scale."""
+    return re.findall(r"<img alt='activation' [^>]*><div>(.*?)</div></div>", explorer.view.value)[0]
 
 
 def _hooked(model, module: nn.Module, image: torch.Tensor) -> torch.Tensor:
@@ -113,17 +121,18 @@ def test_setting_controls_shows_the_hooked_output_of_that_channel(data, models):
         output = _hooked(model, layer_modules(model)[layer], data[image][0])
         np.testing.assert_allclose(explorer.result, output[channel].numpy(), rtol=1e-5, atol=1e-6)
         # ... and the titles follow the controls
-        assert explorer.image_title.value == f"<b>image #{image}</b>"
-        assert explorer.map_title.value == f"<b>{layer}: channel {channel} of {len(output)}</b>"
+        assert f"<div><b>image #{image}</b></div><img alt='image'" in explorer.view.value
+        assert (f"<div><b>{layer}: channel {channel} of {len(output)}</b></div><img alt='activation'"
+                in explorer.view.value)
     explorer.layer.value = "score_fr"
     explorer.channel.value = 2
     np.testing.assert_allclose(explorer.result, model.forward_maps(data[0][0][None])["score_fr"][0, 2]
                                .detach().numpy(), rtol=1e-5, atol=1e-6)
-    assert explorer.map_title.value == "<b>score_fr: class 2 (ring)</b>"
-    for picture in (explorer.image_picture, explorer.map_picture):
-        assert picture.value[:8] == b"\x89PNG\r\n\x1a\n"
-        width, height = png_size(picture.value)
-        assert (picture.layout.width, picture.layout.height) == (f"{width}px", f"{height}px")
+    assert "<div><b>score_fr: class 2 (ring)</b></div>" in explorer.view.value
+    for name, png in pngs_in(explorer.view.value).items():
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = png_size(png)
+        assert f"<img alt='{name}' width='{width}' height='{height}'" in explorer.view.value
 
 
 def _expected_map(values: np.ndarray, stride: int, size, cmap: str, low: float, high: float):
@@ -143,9 +152,9 @@ def test_map_pixels_have_the_colour_of_the_cell_that_covers_them(layer, stride, 
     explorer = LayerExplorer(_model("fcn32s"), data, layer=layer, channel=1)
     values = explorer.result
     assert values.shape == cells
-    assert f"stride {stride} " in explorer.readout.value
-    assert f"one cell = {stride} x {stride} pixels" in explorer.map_caption.value
-    shown = _pixels(explorer.map_picture, 2)
+    assert f"stride {stride} " in explorer.view.value
+    assert f"one cell = {stride} x {stride} pixels" in _caption(explorer)
+    shown = _pixels(explorer, "activation", 2)
     assert shown.shape == (60, 90, 3)
     if layer in ("score_fr", "out"):  # class scores: symmetric about white zero, black outlines
         bound = np.abs(values).max()
@@ -162,30 +171,30 @@ def test_map_pixels_have_the_colour_of_the_cell_that_covers_them(layer, stride, 
     np.testing.assert_array_equal(shown[~edges], expected[~edges])
     assert (shown[edges] == outline).all()
     # the colour scale: the gradient with the numbers at both ends
-    scale = explorer.map_caption.value.split("<br>")[1]
+    scale = _caption(explorer).split("<br>")[1]
     assert scale.startswith(ends[0] + "<span") and "gradient" in scale
     assert scale.split("</span>")[1].startswith(ends[1])
-    np.testing.assert_array_equal(_pixels(explorer.image_picture, 2),
+    np.testing.assert_array_equal(_pixels(explorer, "image", 2),
                                   (data[0][0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
 
 
 def test_the_lessons_images_are_shown_at_twice_their_size(models):
     explorer = LayerExplorer(models, ShapesDataset(2, 128, seed=1))
-    assert png_size(explorer.image_picture.value) == png_size(explorer.map_picture.value) == (256, 256)
+    assert [png_size(png) for png in pngs_in(explorer.view.value).values()] == [(256, 256)] * 2
 
 
 def test_moving_away_and_back_shows_the_same_pictures_and_every_move_changes_one(data):
     # two nets with different backbones, as after training
     models = {"fcn32s": _model("fcn32s"), "fcn8s": _model("fcn8s", seed=1)}
     explorer = LayerExplorer(models, data, layer="pool3", channel=4, image=1)
-    before = (explorer.image_picture.value, explorer.map_picture.value)
+    before = explorer.view.value
     for control, away in ((explorer.image, 2), (explorer.model, "fcn8s"), (explorer.layer, "conv2_1"),
                           (explorer.channel, 7)):
         back = control.value
         control.value = away
-        assert (explorer.image_picture.value, explorer.map_picture.value) != before, control.description
+        assert pngs_in(explorer.view.value) != pngs_in(before), control.description
         control.value = back
-        assert (explorer.image_picture.value, explorer.map_picture.value) == before, control.description
+        assert explorer.view.value == before, control.description
 
 
 def test_channel_slider_follows_the_layer_and_model_menu_keeps_valid_layers(data, models):
@@ -313,8 +322,8 @@ def test_static_figure_is_the_current_view_with_its_text_inside(data, models):
         figure = explorer.static_figure()
         image_ax, map_ax, bar_ax = figure.axes
         assert image_ax.get_title() == f"image #{explorer.image.value}"
-        assert map_ax.get_title().startswith(explorer.map_title.value.removeprefix("<b>")
-                                             .removesuffix("</b>"))
+        map_title = re.findall(r"<div><b>([^<]*)</b></div><img alt='activation'", explorer.view.value)[0]
+        assert map_ax.get_title().startswith(map_title)
         np.testing.assert_array_equal(np.asarray(map_ax.images[0].get_array()), explorer.result)
         assert map_ax.get_xlabel() == "x (pixels)" and bar_ax.get_ylabel()
         assert _outside_figure(figure, _figure_texts(figure)) == [], (control, value)

@@ -10,13 +10,15 @@ from support import fastest_seconds, median_move_seconds, set_controls
 
 from fcn_lesson.lessons.output_grid import output_grid, plot_output_grid, plot_window_mismatch
 from fcn_lesson.widgets.output_grid import OutputGridExplorer
+from fcn_lesson.widgets.png import pngs_in
 
 VGG, FCN = "convolutionalized VGG16", "FCN (fc6 padding 3)"
 BLUE, RED = (31, 119, 180), (214, 39, 40)
 
 
-def _pixels(picture) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(picture.value)).convert("RGB"))
+def _pixels(explorer, name: str = "image") -> np.ndarray:
+    """A picture of the explorer's view, as the browser gets it."""
+    return np.asarray(Image.open(io.BytesIO(pngs_in(explorer.view.value)[name])).convert("RGB"))
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def test_map_size_follows_the_sliders(explorer, height, width, head, expected):
     if head == VGG:  # floor pooling, then a 7x7 fc6 without padding
         assert expected == (height // 32 - 6, width // 32 - 6)
     assert (explorer.row.max, explorer.col.max) == (expected[0] - 1, expected[1] - 1)
-    assert f"{expected[0]} x {expected[1]}</b> score map" in explorer.readout.value
+    assert f"{expected[0]} x {expected[1]}</b> score map" in explorer.view.value
 
 
 def test_window_and_receptive_field_of_a_cell(explorer):
@@ -44,10 +46,10 @@ def test_window_and_receptive_field_of_a_cell(explorer):
     assert grid.window == (64, 128, 288, 352)
     # 404 pixels, centred on the window: 90 more on every side
     assert grid.receptive_field == (64 - 90, 128 - 90, 288 + 90, 352 + 90)
-    assert "rows 64&ndash;287, columns 128&ndash;351" in explorer.readout.value
+    assert "rows 64&ndash;287, columns 128&ndash;351" in explorer.view.value
     # ... and the picture shows those boxes. It spans -98 to 450 (y) and -98 to 578 (x): every
     # cell's receptive field and 8 px more, at 2 image pixels per screen pixel.
-    shown = _pixels(explorer.picture)
+    shown = _pixels(explorer)
     assert shown.shape == (274, 338, 3)
     window = [(64 + 98) // 2, (128 + 98) // 2, (288 + 98) // 2 - 1, (352 + 98) // 2 - 1]
     top, left, bottom, right = window  # the window's edge: its outermost screen pixels
@@ -59,11 +61,11 @@ def test_window_and_receptive_field_of_a_cell(explorer):
     assert tuple(shown[rf_top, rf_left + 8]) != RED
     assert tuple(shown[rf_top, rf_left + (404 // 2) - 1]) == RED  # the width: 404 px
     # the score map: the chosen cell of 5 x 9 (26-px squares) is blue
-    score_map = _pixels(explorer.map_picture)
+    score_map = _pixels(explorer, "score map")
     assert score_map.shape == (5 * 26 + 1, 9 * 26 + 1, 3)
     assert tuple(score_map[2 * 26 + 13, 4 * 26 + 13]) == BLUE
     assert tuple(score_map[13, 13]) == (255, 255, 255)
-    assert "cell (2, 4) of the 5 x 9 score map" in explorer.title.value
+    assert "cell (2, 4) of the 5 x 9 score map" in explorer.view.value
 
 
 def test_fcn_head_windows_are_centred_on_their_32px_block(explorer):
@@ -109,13 +111,13 @@ def test_every_control_moves_fast(explorer):
 def test_every_control_changes_the_picture_and_back(explorer):
     # The browser test moves each control one step and waits for a new picture.
     set_controls(explorer, head=VGG, height=375, width=500, row=2, col=4)
-    start = explorer.picture.value
+    start = pngs_in(explorer.view.value)["image"]
     for name, away in (("height", 376), ("width", 499), ("row", 3), ("col", 5), ("head", FCN)):
         back = getattr(explorer, name).value
         set_controls(explorer, **{name: away})
-        assert explorer.picture.value != start, name
+        assert pngs_in(explorer.view.value)["image"] != start, name
         set_controls(explorer, **{name: back})
-        assert explorer.picture.value == start, name
+        assert pngs_in(explorer.view.value)["image"] == start, name
 
 
 def test_static_figures():
@@ -133,11 +135,15 @@ def test_static_figures():
     assert texts[:9] == ["50"] * 7 + ["1e-02", "0"]
 
 
-def test_head_buttons_are_not_truncated_and_explain_themselves(explorer):
-    # ToggleButtons cut labels at a fixed button width unless told "auto"
-    assert explorer.head.style.button_width == "auto"
-    assert len(explorer.head.tooltips) == len(explorer.head.options) == 2
-    assert all(len(t) > 20 for t in explorer.head.tooltips)
+def test_the_head_menu_is_not_truncated_and_each_head_is_explained(explorer):
+    # a narrow control cut the labels to "convolutionalized…": the menu leaves 9 px a letter
+    # (13-px text is about 7), after the 80-px description
+    width = int(explorer.head.layout.width.removesuffix("px"))
+    assert width >= 80 + 9 * max(len(head) for head in explorer.head.options)
+    assert explorer.head.options == (VGG, FCN)
+    for head, said in ((VGG, "without padding"), (FCN, "fc6 padded by 3")):
+        set_controls(explorer, head=head)
+        assert f"({head}: " in explorer.view.value and said in explorer.view.value
 
 
 def test_pictures_have_their_own_size_and_a_static_png_for_readers(explorer):
@@ -146,11 +152,11 @@ def test_pictures_have_their_own_size_and_a_static_png_for_readers(explorer):
     from fcn_lesson.widgets.png import png_size
 
     set_controls(explorer, head=FCN, height=640, width=640)
-    for picture in (explorer.picture, explorer.map_picture):
-        width, height = png_size(picture.value)
-        assert picture.layout.width == f"{width}px"
-        assert picture.layout.height == f"{height}px"
-    assert png_size(explorer.picture.value) == (514, 514)  # the largest frame: 1028 image px
+    shown = pngs_in(explorer.view.value)
+    for name, png in shown.items():  # shown at their own size: the browser does not stretch them
+        width, height = png_size(png)
+        assert f"<img alt='{name}' width='{width}' height='{height}'" in explorer.view.value
+    assert png_size(shown["image"]) == (514, 514)  # the largest frame: 1028 image px
     bundle = explorer._repr_mimebundle_()
     static = base64.b64decode(bundle["image/png"])
     assert static == explorer.static_png() and png_size(static) == (792, 331)  # 11 x 4.6 in

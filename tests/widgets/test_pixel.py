@@ -16,6 +16,7 @@ from fcn_lesson.lessons.explain import explain_from_maps, explain_pixel, explain
 from fcn_lesson.lessons.explain_panels import stream_rgb
 from fcn_lesson.lessons.viz import to_numpy_image
 from fcn_lesson.widgets.pixel import PixelExplorer
+from fcn_lesson.widgets.png import pngs_in
 
 
 @pytest.fixture(scope="module")
@@ -45,14 +46,9 @@ def _rgb(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
-def _shown(explorer) -> dict:
-    """Everything the explorer shows: its pictures, chart and texts (not a hidden stream's)."""
-    hidden = {s for s, box in explorer._feeding.items() if box.layout.display == "none"}
-    shown = {**{k: bytes(p.value) for k, p in explorer.panels.items()},
-             **{f"title {k}": t.value for k, t in explorer.titles.items()},
-             "chart": explorer.chart.value, "readout": explorer.readout.value,
-             "fields": explorer.field_legend.value}
-    return {k: v for k, v in shown.items() if k.removeprefix("title ") not in hidden}
+def _shown(explorer) -> dict[str, bytes]:
+    """The pictures the explorer's view shows, by panel, as the browser gets them."""
+    return pngs_in(explorer.view.value)
 
 
 def test_controls_pick_the_pixel_and_the_readout_explains_it(explorer, models, data):
@@ -71,27 +67,28 @@ def test_controls_pick_the_pixel_and_the_readout_explains_it(explorer, models, d
         out = models["FCN-16s"](image[None])[0, :, 71, 3]
     torch.testing.assert_close(view.explanation.logits.float(), out, rtol=1e-4, atol=1e-5)
     assert view.sentence == explain_sentence(expected, CLASSES)
-    assert view.sentence in explorer.readout.value
+    assert view.sentence in explorer.view.value
     assert view.truth == int(mask[71, 3])
     predicted = CLASSES[view.explanation.prediction]
-    assert f"predicts <b>{predicted}</b>" in explorer.readout.value
+    assert f"predicts <b>{predicted}</b>" in explorer.view.value
     # the titles name the pixel, the prediction and what each stream adds to it
-    assert "pixel (71, 3)" in explorer.titles["receptive fields"].value
-    assert f"FCN-16s predicts: {predicted}" in explorer.titles["prediction"].value
+    assert "pixel (71, 3)" in explorer.view.value
+    assert f"FCN-16s predicts: {predicted}" in explorer.view.value
     pool4 = float(view.explanation.contributions["score_pool4"][view.explanation.prediction])
-    assert f"pool4 cells (stride 16) add {pool4:+.1f} to {predicted}" in explorer.titles["score_pool4"].value
-    assert predicted in explorer.chart.value and "logit" in explorer.chart.value
+    assert f"pool4 cells (stride 16) add {pool4:+.1f} to {predicted}" in explorer.view.value
+    chart = explorer.view.value[explorer.view.value.index("<svg"):]
+    assert predicted in chart and "logit" in chart
 
 
 def test_model_and_image_switch_and_sliders_follow_the_image_size(explorer, models):
-    assert explorer._feeding["score_pool3"].layout.display == "none"  # FCN-16s has no pool3 skip
+    assert set(_shown(explorer)) == {"receptive fields", "prediction", "score_fr", "score_pool4"}
     explorer.model.value = "FCN-8s"
     view = explorer.result
     assert view.model == "FCN-8s"
     assert view.explanation.streams == ("score_fr", "score_pool4", "score_pool3")
-    assert "stride 8" in explorer.readout.value
-    assert explorer._feeding["score_pool3"].layout.display == ""
-    assert "pool3 cells (stride 8)" in explorer.titles["score_pool3"].value
+    assert "stride 8" in explorer.view.value
+    assert "score_pool3" in _shown(explorer)  # FCN-16s has no pool3 skip, FCN-8s has
+    assert "pool3 cells (stride 8)" in explorer.view.value
     assert (explorer.row.max, explorer.col.max) == (71, 89)
     explorer.image.value = 2
     assert explorer.result.image_index == 2
@@ -128,15 +125,15 @@ def test_the_images_change_when_a_control_moves(explorer):
 
 
 def test_moving_away_and_back_shows_the_same_images(explorer):
-    first = _shown(explorer)
+    first = explorer.view.value
     explorer.row.value, explorer.col.value = 40, 20
     explorer.model.value = "FCN-8s"
     explorer.image.value = 2
-    assert _shown(explorer) != first
+    assert explorer.view.value != first
     explorer.image.value = 1
     explorer.model.value = "FCN-16s"
     explorer.row.value, explorer.col.value = 10, 80
-    assert _shown(explorer) == first
+    assert explorer.view.value == first
 
 
 def test_the_receptive_field_frames_are_where_explain_from_maps_says(explorer, models, data):
@@ -146,7 +143,7 @@ def test_the_receptive_field_frames_are_where_explain_from_maps_says(explorer, m
     e = explain_from_maps(models["FCN-8s"], score_maps(models["FCN-8s"], image), 72, 90, 36, 45)
     top, left, bottom, right = (int(v) for v in e.receptive_fields["score_pool3"])
     assert 0 < top and 0 < left and bottom < 72 and right < 90
-    panel, zoom = _rgb(explorer.panels["receptive fields"].value), explorer.zoom
+    panel, zoom = _rgb(_shown(explorer)["receptive fields"]), explorer.zoom
     assert panel.shape == (72 * zoom, 90 * zoom, 3)
     picture = np.repeat(np.repeat(to_numpy_image(image), zoom, 0), zoom, 1)
     green = stream_rgb("score_pool3")
@@ -162,17 +159,17 @@ def test_the_receptive_field_frames_are_where_explain_from_maps_says(explorer, m
 
 
 def test_panels_are_pictures_at_their_own_size_and_readable_without_a_kernel(explorer):
-    for name, picture in explorer.panels.items():
-        if name == "score_pool3":
-            continue  # FCN-16s has no pool3 panel: it is hidden and empty
-        rgb = _rgb(picture.value)
-        assert picture.layout.width == f"{rgb.shape[1]}px", name
-        assert picture.layout.height == f"{rgb.shape[0]}px", name
+    for name, png in _shown(explorer).items():
+        rgb = _rgb(png)
+        # shown at the PNG's own size: the browser does not stretch (and blur) it
+        assert f"<img alt='{name}' width='{rgb.shape[1]}' height='{rgb.shape[0]}'" in explorer.view.value
         assert rgb.std() > 10, name  # a drawing, not a blank
-    # a feeding panel is four cells wide, each 32 x zoom pixels, whatever its stride
-    assert _rgb(explorer.panels["score_pool4"].value).shape == (4 * 32 * explorer.zoom,) * 2 + (3,)
-    assert explorer.titles["score_pool4"].layout.width == f"{4 * 32 * explorer.zoom}px"
-    assert explorer.chart.value.startswith("<svg")
+    # a feeding panel is four cells wide, each 32 x zoom pixels, whatever its stride, and its
+    # title is as wide, so that it wraps
+    side = 4 * 32 * explorer.zoom
+    assert _rgb(_shown(explorer)["score_pool4"]).shape == (side, side, 3)
+    assert f"<div style='width:{side}px;flex:none'><div><b>pool4 cells" in explorer.view.value
+    assert "<svg" in explorer.view.value
     # the static picture: the matplotlib figure of the same view, beside the live widget
     bundle = explorer._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle

@@ -1,6 +1,7 @@
 """Notebook 2's upsampling computations and explorer, driven headless through its controls."""
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ from fcn_lesson.lessons.upsampling import (
     transposed_upsample,
     upsampling_kernel,
 )
+from fcn_lesson.widgets.png import pngs_in
 from fcn_lesson.widgets.upsampling import UpsamplingExplorer
 
 
@@ -47,8 +49,8 @@ def test_fcn_setting_equals_interpolate_in_the_interior(explorer, factor):
     assert r.interior_max_diff < 1e-9
     assert r.checkerboard_var < 1e-12 and r.shift == 0
     assert r.border_max_diff > 0.1  # zeros beyond the edge vs interpolate's clamping
-    assert "exactly bilinear" in explorer.readout.value
-    assert "FCN's setting" in explorer.readout.value
+    assert "exactly bilinear" in explorer.view.value
+    assert "FCN's setting" in explorer.view.value
 
 
 @pytest.mark.parametrize("factor", [3, 5, 7])
@@ -65,7 +67,7 @@ def test_box_kernel_not_a_multiple_of_the_stride_makes_a_checkerboard(explorer, 
                                                                       kernel_size):
     r = set_controls(explorer, kind="box", factor=factor, kernel_size=kernel_size)
     assert r.checkerboard_var > 1e-3
-    assert "checkerboard" in explorer.readout.value
+    assert "checkerboard" in explorer.view.value
     # the gains are the overlap counts: ceil(k/s) or floor(k/s) taps per axis
     counts = {kernel_size // factor, -(-kernel_size // factor)}
     taps = {round(g * kernel_size**2 / factor**2) for g in r.gains.flatten().tolist()}
@@ -140,48 +142,58 @@ def test_scatter_add_is_the_transposed_convolution():
     torch.testing.assert_close(stamps.sum(0), expected)
 
 
-def _pixels(picture) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(picture.value)).convert("RGB"))
+def _pictures(explorer) -> list[bytes]:
+    """The four panels' PNGs, in order, as the browser gets them in the explorer's view."""
+    return list(pngs_in(explorer.view.value).values())
+
+
+def _scales(explorer) -> list[str]:
+    """The colour scale under each panel (the HTML just after its picture)."""
+    return re.findall(r"<img [^>]*><div>(.*?)</div></div>", explorer.view.value)
+
+
+def _pixels(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
 def test_controls_drive_the_readout_and_pictures(explorer):
     before = set_controls(explorer, kind="bilinear", factor=4, kernel_size=8)
-    pngs = [p.value for p in explorer.pictures]
+    pngs = _pictures(explorer)
     after = set_controls(explorer, kernel_size=7)
     assert before.kernel_size == 8 and after.kernel_size == 7 and after.shift == 0.5
-    assert "half a pixel" in explorer.readout.value
-    changed = [p.value != png for p, png in zip(explorer.pictures, pngs, strict=True)]
+    assert "half a pixel" in explorer.view.value
+    changed = [p != png for p, png in zip(_pictures(explorer), pngs, strict=True)]
     assert changed == [True, True, False, True]  # F.interpolate does not depend on the kernel
     assert all(png[:8] == b"\x89PNG\r\n\x1a\n" for png in pngs)
     # the transposed-convolution panel is the 48 x 48 output, each pixel a 4 x 4 square
     # (216 // 48), grey from 0 (black) to 1.3 (white)
-    shown = _pixels(explorer.pictures[1])
+    shown = _pixels(_pictures(explorer)[1])
     assert shown.shape == (192, 192, 3)
     expected = np.clip(after.upsampled.numpy() / 1.3, 0, 1) * 255
     np.testing.assert_allclose(shown[::4, ::4, 0], expected, atol=2)  # a 256-entry colormap
-    assert "<b>transposed convolution</b><br>48 x 48 pixels" == explorer.titles[1].value
-    assert explorer.titles[0].value == "<b>kernel</b><br>7 x 7 taps"
+    titles = re.findall(r"<div style='width:\d+px;flex:none'><div>(.*?)</div>", explorer.view.value)
+    assert titles[:2] == ["<b>kernel</b><br>7 x 7 taps", "<b>transposed convolution</b><br>48 x 48 pixels"]
 
 
 def test_pictures_come_back_when_the_controls_do(explorer):
     set_controls(explorer, kind="bilinear", factor=2, kernel_size=4)
-    start = [p.value for p in explorer.pictures]
+    start = _pictures(explorer)
     for name, away in (("factor", 3), ("kernel_size", 5), ("kind", "box")):
         back = getattr(explorer, name).value
         set_controls(explorer, **{name: away})
-        assert [p.value for p in explorer.pictures] != start, name
+        assert _pictures(explorer) != start, name
         set_controls(explorer, **{name: back})
-        assert [p.value for p in explorer.pictures] == start, name
+        assert _pictures(explorer) == start, name
 
 
 def test_colour_scales_give_the_values_at_both_ends(explorer):
     r = set_controls(explorer, kind="box", factor=2, kernel_size=3)
-    kernel_scale, conv_scale, _, diff_scale = (s.value for s in explorer.scales)
+    kernel_scale, conv_scale, _, diff_scale = _scales(explorer)
     assert kernel_scale.startswith("0<") and f">{r.kernel.max().item():.3g}" in kernel_scale
     assert conv_scale.startswith("0<") and ">1.3" in conv_scale
     limit = r.difference.abs().max().item()
     assert diff_scale.startswith(f"{-limit:.3g}<") and f">{limit:.3g} (white: 0)" in diff_scale
-    assert all("linear-gradient" in s.value for s in explorer.scales)
+    assert all("linear-gradient" in s for s in _scales(explorer))
 
 
 def test_update_is_fast(explorer):
@@ -225,8 +237,9 @@ def test_static_figures():
 def test_readout_says_in_words_when_there_is_no_interior(explorer, factor, kernel_size):
     r = set_controls(explorer, kind="bilinear", factor=factor, kernel_size=kernel_size)
     assert r.interior_max_diff != r.interior_max_diff  # nan: no pixel is far from the border
-    assert "nan" not in explorer.readout.value.lower()
-    assert "no interior to compare" in explorer.readout.value
+    text = re.sub(r"<img [^>]*>", "", explorer.view.value)  # the words, not the pictures' bytes
+    assert "nan" not in text.lower()
+    assert "no interior to compare" in explorer.view.value
 
 
 def test_explorer_pictures_are_pinned_to_their_size_and_it_has_a_static_png(explorer):
@@ -235,9 +248,9 @@ def test_explorer_pictures_are_pinned_to_their_size_and_it_has_a_static_png(expl
     from fcn_lesson.widgets.png import png_size
 
     set_controls(explorer, kind="bilinear", factor=3, kernel_size=5)
-    for picture in explorer.pictures:
-        width, height = png_size(picture.value)
-        assert (picture.layout.width, picture.layout.height) == (f"{width}px", f"{height}px")
+    for name, png in pngs_in(explorer.view.value).items():
+        width, height = png_size(png)
+        assert f"<img alt='{name}' width='{width}' height='{height}'" in explorer.view.value
         assert 160 <= width == height <= 216  # whole-number zoom to about 200 screen pixels
     bundle = explorer._repr_mimebundle_()
     static = base64.b64decode(bundle["image/png"])
