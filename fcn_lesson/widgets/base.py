@@ -1,10 +1,10 @@
-"""What every explorer shares: controls -> `update()` -> `result` -> `render()`.
+"""What every explorer shares: controls -> `update()` -> `result` and the view.
 
 A subclass builds its controls and its picture, then calls `_start(controls)`. Its `update()`
 computes from the controls' values (on cached data: a slider move never reruns a backbone),
-draws its pictures and returns the result, which the base keeps as `.result` (the one name tests
-and notebooks read). `render()` puts the new view on screen: one HTML value with the pictures
-inlined (`fcn_lesson.widgets.png`), one message to the browser per move. `widget()` lays the
+draws its pictures, puts the new view on screen as one HTML value with the pictures inlined
+(`fcn_lesson.widgets.png`: one message to the browser per move) and returns the result, which
+the base keeps as `.result` (the one name tests and notebooks read). `widget()` lays the
 controls out; the MIME bundle shows that live widget where a kernel runs and a PNG of the
 current view everywhere else (GitHub, nbviewer), so a notebook reads without a kernel.
 """
@@ -42,16 +42,12 @@ class Explorer:
     #: what the static picture stands for, in its text/plain fallback
     what = "explorer"
     result = None
-    #: seconds the last control change took to update and render (the notebooks' speed checks)
+    #: seconds the last control change took to update the view (the notebooks' speed checks)
     last_update_seconds = 0.0
     _busy = False
 
     def update(self):
-        """Compute from the controls' values, return the result."""
-        raise NotImplementedError
-
-    def render(self) -> None:
-        """Show the picture the last `update` prepared."""
+        """Compute from the controls' values, show the new view, return the result."""
         raise NotImplementedError
 
     def widget(self) -> widgets.Widget:
@@ -62,14 +58,9 @@ class Explorer:
         """The current view as PNG bytes, for readers without a kernel."""
         raise NotImplementedError
 
-    def layout(self) -> None:
-        """Fit the figure's layout once, after the first update (nothing by default)."""
-
     def _start(self, controls) -> None:
         """The first view, then watch `controls`: every change updates and redraws."""
         self.result = self.update()
-        self.layout()
-        self.render()
         for control in controls:
             control.observe(self._on_change, names="value")
 
@@ -88,7 +79,6 @@ class Explorer:
             return
         start = time.perf_counter()
         self.result = self.update()
-        self.render()
         self.last_update_seconds = time.perf_counter() - start
 
     def _repr_mimebundle_(self, **kwargs) -> dict:

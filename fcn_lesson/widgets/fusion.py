@@ -162,9 +162,6 @@ class FusionExplorer(Explorer):
         self.view.value = view_html(readout, panels, self._legend, scale)
         return view
 
-    def render(self) -> None:
-        """Nothing to add: `update` has already put the view in place."""
-
     def widget(self) -> widgets.Widget:
         controls = widgets.HBox([self.image_index, self.class_index])
         gains = widgets.HBox([self.pool4_gain, self.pool3_gain])

@@ -186,9 +186,6 @@ class LayerExplorer(Explorer):
                               f"edges<br>{colour_scale_html(colours)}"))))
         return values
 
-    def render(self) -> None:
-        """Nothing to add: `update` has already put the view in place."""
-
     def static_figure(self) -> Figure:
         """The current view as a matplotlib figure, with axes and a colour bar."""
         capture = self._cached(self.model.value, self.image.value)

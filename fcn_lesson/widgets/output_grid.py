@@ -95,9 +95,9 @@ class OutputGridExplorer(Explorer):
     """Input height/width sliders -> score map size; row/column sliders pick a cell whose
     224-pixel window and receptive field are drawn on the image.
 
-    `update()` recomputes from the controls' values, writes the readout and titles, and
-    returns the `OutputGrid`; moving a control calls it, then `render()` draws the pictures and
-    sends the whole view, texts and pictures, as one HTML value (`view`). Display the explorer
+    `update()` recomputes from the controls' values, draws the pictures, sends the whole view,
+    texts and pictures, as one HTML value (`view`) and returns the `OutputGrid`; moving a
+    control calls it. Display the explorer
     with `display(explorer)`.
     """
 
@@ -120,7 +120,6 @@ class OutputGridExplorer(Explorer):
             options=list(HEADS), value=head, description="head",
             layout=widgets.Layout(width="340px"))  # "max-content" hid the labels' last letter
         self.view = widgets.HTML()
-        self._texts = ("", "", "")  # readout, picture title, map title: `update` writes them
         self.canvas = sample_canvas()
         self._canvas_255 = self.canvas * 255.0
         # Shrunk once: shrinking the whole image on every size change took most of a move.
@@ -155,7 +154,11 @@ class OutputGridExplorer(Explorer):
             f"is {SCALE} x {SCALE} image pixels; grid lines every {stage.stride} px.")
         map_title = (f"<b>score map {h} x {w}</b> ({head}: {HEAD_NOTES[head]})<br>row 0 at "
                      f"the top, column 0 at the left; blue: cell {grid.cell}")
-        self._texts = (readout, title, map_title)
+        # Columns as wide as the largest pictures (514 px, and the score map's MAP_PX): the
+        # pictures change size with the controls, the layout does not.
+        self.view.value = view_html(readout, row_html(
+            panel_html(title, encode_png(self.picture_rgb(grid)), "image", width=530),
+            panel_html(map_title, encode_png(self.map_rgb(grid)), "score map", width=MAP_PX + 60)))
         return grid
 
     @staticmethod
@@ -226,15 +229,6 @@ class OutputGridExplorer(Explorer):
         picture[cell[0]:cell[2], cell[1]:cell[3]] = BLUE
         outline(picture, cell, RED, width=1)
         return picture
-
-    def render(self) -> None:
-        readout, title, map_title = self._texts
-        # Columns as wide as the largest pictures (514 px, and the score map's MAP_PX): the
-        # pictures change size with the controls, the layout does not.
-        self.view.value = view_html(readout, row_html(
-            panel_html(title, encode_png(self.picture_rgb(self.result)), "image", width=530),
-            panel_html(map_title, encode_png(self.map_rgb(self.result)), "score map",
-                       width=MAP_PX + 60)))
 
     def static_png(self) -> bytes:
         """The current view as a matplotlib figure, with axes and a legend: what a reader

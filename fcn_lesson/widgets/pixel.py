@@ -185,9 +185,6 @@ class PixelExplorer(Explorer):
     def _name(self, k: int) -> str:
         return self.classes[k] if 0 <= k < len(self.classes) else f"label {k}"
 
-    def render(self) -> None:
-        """Nothing to add: `update` has already put the view in place."""
-
     def widget(self) -> widgets.Widget:
         controls = widgets.HBox([widgets.VBox([self.model, self.image]),
                                  widgets.VBox([self.row, self.col])])

@@ -7,7 +7,7 @@ for a picture in the notebook that is the right trade.
 An explorer's whole view (titles, pictures, readouts) goes to the browser as one HTML value,
 its pictures inlined as `data:` URIs. Each widget value is a message of its own, and the browser
 lays the page out again after each: a pixel-explorer move that set ten widgets (five titles, five
-`ipywidgets.Image`s) took 130-170 ms from key press to repaint at p95 in notebook 5, a long page,
+`ipywidgets.Image`s) took 123-171 ms from key press to repaint at p95 in notebook 5, a long page,
 where its Python side took under 40 ms (our own measurement, JupyterLab and Chromium on a
 2-core CPU). One value per move is one message and one layout.
 """

@@ -67,8 +67,8 @@ class UpsamplingExplorer(Explorer):
     the transposed convolution of a test pattern, `F.interpolate` of it, and their difference.
 
     `update()` recomputes from the controls' values, writes the readout, titles and colour
-    scales, and returns the `UpsamplingResult`; moving a control calls it, then `render()`
-    draws the four panels and sends the whole view as one HTML value (`view`).
+    scales, draws the four panels, sends the whole view as one HTML value (`view`) and returns
+    the `UpsamplingResult`; moving a control calls it.
     Display the explorer with `display(explorer)`.
     """
 
@@ -85,17 +85,19 @@ class UpsamplingExplorer(Explorer):
         self.kind = widgets.Dropdown(options=KERNEL_KINDS, value=kind, description="kernel",
                                      layout=widgets.Layout(width="220px"))
         self.view = widgets.HTML()
-        self._texts: list[str] = []  # the readout, then each panel's title and colour scale
         self._start((self.factor, self.kernel_size, self.kind))
 
     def update(self) -> UpsamplingResult:
         r = compare_upsampling(self.image, self.factor.value, self.kernel_size.value,
                                self.kind.value)
-        texts = []
+        # Fixed-width columns: the panels change size with the controls, the layout does not.
+        panels = []
         for panel in upsampling_panels(r):
             height, width = panel.values.shape
             what = "taps" if panel.title == "kernel" else "pixels"
-            texts += [f"<b>{panel.title}</b><br>{height} x {width} {what}", _colour_scale(panel)]
+            panels.append(panel_html(f"<b>{panel.title}</b><br>{height} x {width} {what}",
+                                     encode_png(panel_rgb(panel), panel_zoom(panel)), panel.title,
+                                     below=_colour_scale(panel), width=PANEL_PX + 14))
         fcn = " (FCN's setting)" if r.kind == "bilinear" and r.kernel_size == 2 * r.factor else ""
         height, width = r.upsampled.shape
         if math.isnan(r.interior_max_diff):  # every pixel is within `margin` of the border
@@ -108,17 +110,8 @@ class UpsamplingExplorer(Explorer):
         readout = (
             f"<b>k = {r.kernel_size}, s = {r.factor}, {r.kind}{fcn}</b>: {r.verdict}.<br>"
             f"{compared}; checkerboard variance {r.checkerboard_var:.3g}; shift {r.shift:g} px.")
-        self._texts = [readout, *texts]
-        return r
-
-    def render(self) -> None:
-        readout, *texts = self._texts
-        # Fixed-width columns: the panels change size with the controls, the layout does not.
-        panels = [panel_html(title, encode_png(panel_rgb(panel), panel_zoom(panel)), panel.title,
-                             below=scale, width=PANEL_PX + 14)
-                  for panel, title, scale in zip(upsampling_panels(self.result), texts[::2],
-                                                 texts[1::2], strict=True)]
         self.view.value = view_html(readout, _NOTE, row_html(*panels))
+        return r
 
     def static_png(self) -> bytes:
         """The current view as a matplotlib figure, with axes and colour bars: what a reader
