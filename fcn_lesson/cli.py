@@ -99,6 +99,8 @@ def _shapes_data(args):
         sizes = tuple(int(s) for s in args.train_sizes.split(","))
         train = mixed_size_shapes(args.train_images, sizes, seed=args.seed, photo=args.photo)
         dataset["train_sizes"] = list(sizes)
+        if args.batch_by_size:  # one size per batch: nothing to pad
+            return train, val, list(val.classes), dataset, {"batch_by_size": True}
         return train, val, list(val.classes), dataset, {"collate_fn": replicate_pad_collate}
     train = ShapesDataset(args.train_images, args.image_size, seed=args.seed, photo=args.photo)
     return train, val, list(train.classes), dataset, {}
@@ -128,6 +130,10 @@ def _voc_data(args):
 
 
 def _train(args) -> int:
+    if args.batch_by_size and not (args.dataset == "shapes" and args.train_sizes):
+        print("error: --batch-by-size batches the sizes of --train-sizes (shapes only): add "
+              "--train-sizes, e.g. 96,128,160, or drop --batch-by-size", file=sys.stderr)
+        return 2
     if args.dataset == "voc" and args.lr is None and args.init not in (None, "imagenet"):
         # Stage-wise (paper, Sec. 4.2): a net started from a coarser FCN learns 100x slower.
         args.lr = RECIPES["voc"]["lr"] * 0.01 ** VARIANTS[args.variant].skips
@@ -530,6 +536,9 @@ def _add_train(sub) -> None:
     t.add_argument("--image-size", type=int, default=classroom.IMAGE_SIZE, help="shapes image size")
     t.add_argument("--train-sizes", help="shapes: train on several canvas sizes, e.g. 96,128,160 "
                    "(validation stays at --image-size)")
+    t.add_argument("--batch-by-size", action="store_true",
+                   help="with --train-sizes: put images of one size only in each batch (no padding "
+                        "to the largest: about 2/3 of the step time for 96,128,160)")
     t.add_argument("--photo", type=float, default=0.0,
                    help="shapes: share of photo-style training images (greyscale or colour, photograph-"
                         "like textures, scaled objects; ShapesDataset(photo=...)); validation stays plain")

@@ -284,3 +284,35 @@ def test_the_in_class_retrain_chains_the_stages_from_the_classifier(tmp_path, ca
     assert result["train_seconds"] == pytest.approx(sum(s["seconds"] for s in stages), abs=0.2)
     printed = capsys.readouterr().out
     assert printed.count("python -m fcn_lesson train --variant") == 3
+
+
+def test_batches_by_size_hold_one_size_and_each_image_once_per_epoch():
+    from fcn_lesson.datasets.shapes import mixed_size_shapes
+    from fcn_lesson.engine.loop import SizeGroupedBatches
+
+    data = mixed_size_shapes(11, (32, 48, 64), seed=5)  # parts of 4, 4 and 3 images
+    batches = SizeGroupedBatches(data, 3, torch.Generator().manual_seed(0))
+    epochs = [list(batches), list(batches)]
+    for epoch in epochs:
+        assert len(epoch) == len(batches) == 2 + 2 + 1
+        assert sorted(i for batch in epoch for i in batch) == list(range(11))
+        for batch in epoch:
+            assert len({tuple(data[i][0].shape) for i in batch}) == 1, batch
+    assert epochs[0] != epochs[1]  # a new order every epoch, drawn from the one generator
+    again = SizeGroupedBatches(data, 3, torch.Generator().manual_seed(0))
+    assert list(again) == epochs[0]
+
+
+def test_cli_batches_by_size_without_padding(tmp_path, capsys):
+    """--batch-by-size trains on mixed sizes with no collate_fn at all: stacking a mixed batch
+    would fail, so every batch held one size. It is recorded, and refused without sizes."""
+    ckpt = tmp_path / "fcn32s.pt"
+    args = ["train", "--variant", "fcn32s", "--width", "0.0625", "--epochs", "1", "--train-images", "12",
+            "--val-images", "4", "--image-size", "48", "--batch-size", "4", "--out", str(ckpt)]
+    assert main([*args, "--train-sizes", "32,64", "--batch-by-size"]) == 0
+    _, meta = load_checkpoint(ckpt)
+    assert meta["training"]["batch_by_size"] is True and meta["dataset"]["train_sizes"] == [32, 64]
+    assert main([*args, "--batch-by-size"]) == 2
+    assert "--batch-by-size batches the sizes of --train-sizes" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="one-size parts"):
+        fit(FCN32s(**TINY), ShapesDataset(8, 32, seed=1), epochs=1, batch_by_size=True, progress=False)

@@ -14,7 +14,7 @@ from PIL import Image
 import fcn_lesson.engine.loop as train_module
 from fcn_lesson.cli import main
 from fcn_lesson.core.models import FCN8s, FCN16s
-from fcn_lesson.datasets.shapes import ShapesDataset
+from fcn_lesson.datasets.shapes import ShapesDataset, mixed_size_shapes
 from fcn_lesson.datasets.voc import (
     VOC_CLASSES,
     VOC_PALETTE,
@@ -106,10 +106,31 @@ class Interrupted(torch.utils.data.Dataset):
         return self.data[i]
 
 
+class InterruptedParts(torch.utils.data.ConcatDataset):
+    """`Interrupted` for data made of one-size parts (what batch_by_size batches from)."""
+
+    def __init__(self, data, after: int):
+        super().__init__(data.datasets)
+        self.left = after
+
+    def __getitem__(self, i):
+        if self.left == 0:
+            raise KeyboardInterrupt
+        self.left -= 1
+        return super().__getitem__(i)
+
+
 def _shapes_run(tmp_path):
     data = ShapesDataset(12, 40, seed=3)
     data = torch.utils.data.TensorDataset(*data.tensors())
     kwargs = dict(epochs=3, batch_size=4, lr=3e-3, optimizer="adam", schedule="cosine", seed=7)
+    return data, lambda: FCN16s(num_classes=6, width=1 / 16, batch_norm=True, dropout=0.3), kwargs
+
+
+def _mixed_sizes_run(tmp_path):
+    data = mixed_size_shapes(12, (32, 48), seed=3)  # 6 + 6 images: batches of 4 and 2, 4 steps/epoch
+    kwargs = dict(epochs=3, batch_size=4, lr=3e-3, optimizer="adam", schedule="cosine", seed=7,
+                  batch_by_size=True)
     return data, lambda: FCN16s(num_classes=6, width=1 / 16, batch_norm=True, dropout=0.3), kwargs
 
 
@@ -126,6 +147,7 @@ def _voc_run(tmp_path):
     (_shapes_run, 4 * 4 + 2, 2, (2, 1)),  # classroom recipe, mid-epoch: 3 steps/epoch, save at 4
     (_voc_run, 2 * 4 + 1, None, (2, 0)),  # paper recipe + random crops, at the end of epoch 1
     (_voc_run, 2 * 5 + 1, 1, (2, 2)),  # paper recipe + random crops, mid-epoch
+    (_mixed_sizes_run, 12 + 6 + 1, 1, (2, None)),  # batched by size, mid-epoch 2
 ])
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, run, interrupt_after, save_every, resumes_at):
     """Momentum / Adam state, schedule, step, data order, dropout and augmentation draws all
@@ -138,10 +160,13 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, run, interrupt_af
     state = tmp_path / "run.resume.pt"
     torch.manual_seed(0)
     with pytest.raises(KeyboardInterrupt):
-        fit(make(), Interrupted(data, interrupt_after), progress=False, state_path=state,
+        wrap = InterruptedParts if isinstance(data, torch.utils.data.ConcatDataset) else Interrupted
+        fit(make(), wrap(data, interrupt_after), progress=False, state_path=state,
             save_every=save_every, **kwargs)
     saved = torch.load(state, weights_only=True)["training_state"]
-    assert (saved["epoch"], saved["batches_done"]) == resumes_at
+    epoch, batches_done = resumes_at  # batches by size vary in length: there, only mid-epoch
+    assert saved["epoch"] == epoch and (batches_done is None and saved["batches_done"] > 0
+                                        or saved["batches_done"] == batches_done)
     assert not list(tmp_path.glob("*.tmp"))
 
     torch.manual_seed(123)  # a fresh process: other seed, other init; the state replaces both
