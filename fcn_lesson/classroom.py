@@ -12,8 +12,8 @@ from pathlib import Path
 from fcn_lesson.core.models import FCN, VARIANTS
 from fcn_lesson.datasets.shapes import ShapesDataset
 
-# One eighth of VGG16's channels (8 ... 64, fc 512) with BatchNorm: ~2.1M parameters, trains
-# from scratch in minutes on a laptop CPU; the architecture is otherwise the paper's.
+# One eighth of VGG16's channels (8 ... 64, fc 512) with BatchNorm: ~2.1M parameters, a stage
+# fine-tunes in minutes on a laptop CPU; the architecture is otherwise the paper's.
 WIDTH = 0.125
 BATCH_NORM = True
 IMAGE_SIZE = 128

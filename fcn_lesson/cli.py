@@ -52,7 +52,7 @@ EVAL_DEFAULTS = {"shapes": {"images": 200, "batch_size": 16}, "voc": {"images": 
 # it takes). Per stage: the variant, its passes over the training images and how many images it
 # draws; the flags all stages share; the validation images scored after every epoch.
 IN_CLASS_CHAIN = (("fcn32s", 2, 3000), ("fcn16s", 3, 3000), ("fcn8s", 8, 3000))
-IN_CLASS_FLAGS = ["--train-sizes", "96,128,160", "--photo", "0.3", "--lr", "3e-3"]
+IN_CLASS_FLAGS = ["--train-sizes", "96,128,160", "--batch-by-size", "--photo", "0.3", "--lr", "3e-3"]
 IN_CLASS_VAL_IMAGES = 100
 
 LR_HELP = f"""learning rate (default: {RECIPES['shapes']['lr']:g} for shapes, with cosine decay; for voc,
@@ -617,7 +617,7 @@ def _add_retrain(sub) -> None:
                        help="retrain FCN-32s -> 16s -> 8s from the shipped classifier (in class)",
                        description="The in-class retrain: the stage-wise chain FCN-32s -> FCN-16s -> "
                                    "FCN-8s, the first started from the shipped classroom classifier, "
-                                   "about 12 minutes on a 2-core laptop. Prints each stage's "
+                                   "12-14 minutes on a 2-core laptop. Prints each stage's "
                                    "`train` command (copy and change it to experiment), then each net's "
                                    "mean IoU on fresh 128-px images. An interrupted run continues where "
                                    "it stopped when run again.")
