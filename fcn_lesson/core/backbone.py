@@ -53,8 +53,8 @@ class VGG16Backbone(nn.Module):
     outputs of the first three stages and of the head.
 
     batch_norm=True puts a BatchNorm after every conv (as torchvision's vgg16_bn). The paper
-    has none: it starts from ImageNet weights. The classroom classifier and FCNs train in
-    minutes on a CPU from random weights, which a plain 15-layer VGG does not do.
+    has none: it starts from ImageNet weights. The classroom classifier trains from random
+    weights in minutes on a CPU, which a plain 15-layer VGG does not do.
     """
 
     def __init__(self, width: float = 1.0, dropout: float = 0.5, batch_norm: bool = False):
