@@ -146,13 +146,14 @@ def _train_loader(data: Dataset, batch_size: int, seed: int, collate_fn, num_wor
         raise ValueError("batch_by_size needs one process and training data made of one-size parts "
                          "(a ConcatDataset such as mixed_size_shapes gives); got "
                          f"{type(data).__name__} on {world} process(es)")
-    if world > 1:
+    if batch_by_size:
+        sampler, grouped = None, SizeGroupedBatches(data, batch_size, generator)
+    elif world > 1:
         sampler = DistributedSampler(data, num_replicas=world, rank=distributed.rank(), shuffle=True,
                                      seed=seed)
     else:
         sampler = RandomSampler(data, generator=generator)
-    grouped = SizeGroupedBatches(data, batch_size, generator) if batch_by_size else None
-    batches = _SkipFirst(grouped or BatchSampler(sampler, batch_size, drop_last=False))
+    batches = _SkipFirst(grouped if batch_by_size else BatchSampler(sampler, batch_size, drop_last=False))
     loader = DataLoader(data, batch_sampler=batches, generator=generator, collate_fn=collate_fn,
                         num_workers=num_workers)
     return loader, batches, sampler, generator
