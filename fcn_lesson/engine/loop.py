@@ -336,6 +336,26 @@ def _step(net, opt, sched, images: torch.Tensor, masks: torch.Tensor, device: to
 
 
 
+def adam_cosine_steps(params, batches, loss_of: Callable, lr: float, progress: bool = False,
+                      desc: str = "train") -> list[float]:
+    """One Adam step per item of `batches`, the learning rate decaying from `lr` to zero on a
+    cosine; `loss_of(batch)` is that step's loss. Returns the losses.
+
+    The short loop of the lessons' experiments, which train on tensors already in memory;
+    `fit` is the full one (epochs, validation, checkpoints, resume, several processes)."""
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=len(batches))
+    losses = []
+    for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        loss = loss_of(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    return losses
+
+
 def epoch_summary(record: dict) -> str:
     """One epoch of `fit`'s history as short lines (training, then validation): a notebook
     wraps a long line wherever the width runs out, often mid-word."""

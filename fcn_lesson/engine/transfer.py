@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from fcn_lesson.core.models import FCN32s
 from fcn_lesson.datasets.shapes import ShapesDataset
-from fcn_lesson.engine.loop import evaluate
+from fcn_lesson.engine.loop import adam_cosine_steps, evaluate
 
 METHODS = ("scratch", "finetune", "frozen")
 
@@ -46,22 +46,15 @@ def train_steps(model: FCN32s, images: torch.Tensor, masks: torch.Tensor, steps:
     a frozen backbone (no trainable parameters) is kept in eval mode. Returns the losses."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    batches = [torch.randint(len(images), (min(batch_size, len(images)),), generator=generator)
+               for _ in range(steps)]
     frozen = not any(p.requires_grad for p in model.backbone.parameters())
     model.train()
     if frozen:
         model.backbone.eval()
-    losses = []
-    for _ in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
-        idx = torch.randint(len(images), (min(batch_size, len(images)),), generator=generator)
-        loss = F.cross_entropy(model(images[idx]), masks[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+    losses = adam_cosine_steps([p for p in model.parameters() if p.requires_grad], batches,
+                               lambda idx: F.cross_entropy(model(images[idx]), masks[idx]), lr,
+                               progress=progress, desc=desc)
     model.eval()
     return losses
 

@@ -32,6 +32,7 @@ from fcn_lesson.core.models import FCN, pad_to_multiple
 from fcn_lesson.core.upsample import BilinearUpsample, bilinear_upsample
 from fcn_lesson.datasets.shapes import ShapesDataset
 from fcn_lesson.engine.checkpoint import load_checkpoint
+from fcn_lesson.engine.loop import adam_cosine_steps
 from fcn_lesson.engine.metrics import confusion_matrix, segmentation_scores
 
 STRIDE = 32  # score_fr's stride in every classroom FCN
@@ -342,19 +343,15 @@ def train_head(head: nn.Module, feats: dict[str, torch.Tensor], masks: torch.Ten
     """Adam on the per-pixel cross-entropy, cosine schedule; returns the loss of every step."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(head.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     height, width = masks.shape[-2:]
-    losses = []
-    head.train()
-    for index in _batches(len(masks), batch_size, steps, generator):
+
+    def loss_of(index):
         logits = head({k: v[index] for k, v in feats.items()})[..., :height, :width]
-        loss = F.cross_entropy(logits, masks[index])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+        return F.cross_entropy(logits, masks[index])
+
+    head.train()
+    losses = adam_cosine_steps(head.parameters(), _batches(len(masks), batch_size, steps, generator),
+                               loss_of, lr)
     head.eval()
     return losses
 

@@ -3,7 +3,7 @@
 A subclass builds its controls and its picture, then calls `_start(controls)`. Its `update()`
 computes from the controls' values (on cached data: a slider move never reruns a backbone),
 draws its pictures, puts the new view on screen as one HTML value with the pictures inlined
-(`fcn_lesson.widgets.png`: one message to the browser per move) and returns the result, which
+(`fcn_lesson.widgets.view`: one message to the browser per move) and returns the result, which
 the base keeps as `.result` (the one name tests and notebooks read). `widget()` lays the
 controls out; the MIME bundle shows that live widget where a kernel runs and a PNG of the
 current view everywhere else (GitHub, nbviewer), so a notebook reads without a kernel.
@@ -16,7 +16,7 @@ import time
 
 import ipywidgets as widgets
 
-from fcn_lesson.widgets.png import static_bundle
+from fcn_lesson.widgets.view import static_bundle
 
 
 def check_models_and_dataset(models, dataset, image: int) -> dict:

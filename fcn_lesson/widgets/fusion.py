@@ -25,8 +25,8 @@ from fcn_lesson.lessons.fusion import image_mean_iou
 from fcn_lesson.lessons.legends import swatch
 from fcn_lesson.lessons.viz import colorize, to_numpy_image
 from fcn_lesson.widgets.base import Explorer
-from fcn_lesson.widgets.png import encode_png, figure_png, panel_html, row_html, view_html
 from fcn_lesson.widgets.score_cache import ScoreMapCache
+from fcn_lesson.widgets.view import encode_png, figure_png, panel_html, row_html, view_html
 
 __all__ = ["FusionExplorer", "FusionView"]
 

@@ -8,7 +8,7 @@ the cells of every stage tile the padded image exactly; see models.py).
 
 Both pictures are arrays coloured with numpy and shown as small PNGs (a move takes a few
 milliseconds); titles, captions and the colour scale are HTML, sent with the pictures as one
-value (`fcn_lesson.widgets.png`). Redrawing a matplotlib figure took several times longer,
+value (`fcn_lesson.widgets.view`). Redrawing a matplotlib figure took several times longer,
 mostly for its text: matplotlib draws only the static picture.
 
 Layers, in the order the network computes them:
@@ -45,7 +45,7 @@ from fcn_lesson.lessons.layers import (
 from fcn_lesson.lessons.legends import colour_bar
 from fcn_lesson.lessons.viz import to_numpy_image
 from fcn_lesson.widgets.base import Explorer, check_models_and_dataset
-from fcn_lesson.widgets.png import encode_png, figure_png, panel_html, row_html, view_html
+from fcn_lesson.widgets.view import encode_png, figure_png, panel_html, row_html, view_html
 
 __all__ = ["LayerExplorer"]
 

@@ -10,7 +10,7 @@ The pictures are arrays drawn with numpy and shown as PNGs (a move takes millise
 matplotlib redraw took several times longer, mostly for its text). The image with its grid
 and cell centres is drawn once per image size and head; moving the cell only copies it and
 draws the two boxes. Titles and legend are HTML, sent with the pictures as one value
-(`fcn_lesson.widgets.png`); matplotlib draws only the static picture.
+(`fcn_lesson.widgets.view`); matplotlib draws only the static picture.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from fcn_lesson.lessons.output_grid import (
     sample_canvas,
 )
 from fcn_lesson.widgets.base import Explorer
-from fcn_lesson.widgets.png import encode_png, figure_png, panel_html, row_html, view_html
+from fcn_lesson.widgets.view import encode_png, figure_png, panel_html, row_html, view_html
 
 __all__ = ["OutputGridExplorer"]
 

@@ -6,7 +6,7 @@ the score-map cells at strides 32, 16 and 8 that feed the pixel, and the streams
 to the top classes, with the sentence that explains the prediction. The backbone runs while the
 explorer is built, on every image for every model (`ScoreMapCache`); a control move only redoes
 `explain_from_maps` on the cached score maps and draws five small PNGs and an SVG chart into one
-HTML view (`fcn_lesson.widgets.png`), and a setting seen recently is shown again from its cached
+HTML view (`fcn_lesson.widgets.view`), and a setting seen recently is shown again from its cached
 view. `static_png` draws the matplotlib figure, for readers without a kernel.
 """
 
@@ -42,8 +42,8 @@ from fcn_lesson.lessons.explain_panels import (
 from fcn_lesson.lessons.legends import swatch
 from fcn_lesson.lessons.viz import colorize, to_numpy_image
 from fcn_lesson.widgets.base import Explorer, check_models_and_dataset
-from fcn_lesson.widgets.png import encode_png, figure_png, panel_html, row_html, view_html
 from fcn_lesson.widgets.score_cache import ScoreMapCache
+from fcn_lesson.widgets.view import encode_png, figure_png, panel_html, row_html, view_html
 
 __all__ = ["PixelExplorer", "PixelView"]
 

@@ -8,7 +8,7 @@ parity, a half-pixel shift that no padding can remove.
 
 Each panel is an array coloured with its colormap and enlarged to a small PNG (a few
 milliseconds); titles and colour scales are HTML, sent with the pictures as one value
-(`fcn_lesson.widgets.png`). Redrawing a matplotlib figure on every move took several times
+(`fcn_lesson.widgets.view`). Redrawing a matplotlib figure on every move took several times
 longer, mostly for its text. Matplotlib draws only the static picture.
 """
 
@@ -31,7 +31,7 @@ from fcn_lesson.lessons.upsampling import (
     upsampling_panels,
 )
 from fcn_lesson.widgets.base import Explorer
-from fcn_lesson.widgets.png import encode_png, figure_png, panel_html, row_html, view_html
+from fcn_lesson.widgets.view import encode_png, figure_png, panel_html, row_html, view_html
 
 __all__ = ["UpsamplingExplorer"]
 

@@ -85,33 +85,19 @@ def test_mean_loss_lr_refuses_nonsense(args):
 # ---------------------------------------------------------------------------- resume
 
 
-class Interrupted(torch.utils.data.Dataset):
+class Interrupted(torch.utils.data.ConcatDataset):
     """Serves `data` and raises KeyboardInterrupt (as Ctrl-C or a kill would stop the run)
-    when asked for item number `after` + 1."""
+    when asked for item number `after` + 1. Data made of parts keeps them (batch_by_size batches
+    from the parts); any other data is one part."""
 
     def __init__(self, data, after: int):
-        self.data, self.left = data, after
-
-    def __len__(self):
-        return len(self.data)
+        super().__init__(data.datasets if isinstance(data, torch.utils.data.ConcatDataset) else [data])
+        self.left = after
 
     def set_epoch(self, epoch):
-        if hasattr(self.data, "set_epoch"):
-            self.data.set_epoch(epoch)
-
-    def __getitem__(self, i):
-        if self.left == 0:
-            raise KeyboardInterrupt
-        self.left -= 1
-        return self.data[i]
-
-
-class InterruptedParts(torch.utils.data.ConcatDataset):
-    """`Interrupted` for data made of one-size parts (what batch_by_size batches from)."""
-
-    def __init__(self, data, after: int):
-        super().__init__(data.datasets)
-        self.left = after
+        for part in self.datasets:
+            if hasattr(part, "set_epoch"):
+                part.set_epoch(epoch)
 
     def __getitem__(self, i):
         if self.left == 0:
@@ -160,8 +146,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, run, interrupt_af
     state = tmp_path / "run.resume.pt"
     torch.manual_seed(0)
     with pytest.raises(KeyboardInterrupt):
-        wrap = InterruptedParts if isinstance(data, torch.utils.data.ConcatDataset) else Interrupted
-        fit(make(), wrap(data, interrupt_after), progress=False, state_path=state,
+        fit(make(), Interrupted(data, interrupt_after), progress=False, state_path=state,
             save_every=save_every, **kwargs)
     saved = torch.load(state, weights_only=True)["training_state"]
     epoch, batches_done = resumes_at  # batches by size vary in length: there, only mid-epoch

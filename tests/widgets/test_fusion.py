@@ -13,7 +13,7 @@ from fcn_lesson.datasets.shapes import CLASSES, ShapesDataset
 from fcn_lesson.lessons.fusion import image_mean_iou
 from fcn_lesson.lessons.viz import colorize
 from fcn_lesson.widgets.fusion import FusionExplorer
-from fcn_lesson.widgets.png import png_size, pngs_in
+from fcn_lesson.widgets.view import png_size, pngs_in
 
 K = len(CLASSES)
 

@@ -23,7 +23,7 @@ from fcn_lesson.lessons.layers import (
     plot_layer_view,
 )
 from fcn_lesson.widgets.layers import LayerExplorer
-from fcn_lesson.widgets.png import png_size, pngs_in
+from fcn_lesson.widgets.view import png_size, pngs_in
 
 CONVS = [f"conv{i}_{j}" for i, n in enumerate((2, 2, 3, 3, 3), 1) for j in range(1, n + 1)]
 

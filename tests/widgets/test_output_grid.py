@@ -10,7 +10,7 @@ from support import fastest_seconds, median_move_seconds, set_controls
 
 from fcn_lesson.lessons.output_grid import output_grid, plot_output_grid, plot_window_mismatch
 from fcn_lesson.widgets.output_grid import OutputGridExplorer
-from fcn_lesson.widgets.png import pngs_in
+from fcn_lesson.widgets.view import pngs_in
 
 VGG, FCN = "convolutionalized VGG16", "FCN (fc6 padding 3)"
 BLUE, RED = (31, 119, 180), (214, 39, 40)
@@ -149,7 +149,7 @@ def test_the_head_menu_is_not_truncated_and_each_head_is_explained(explorer):
 def test_pictures_have_their_own_size_and_a_static_png_for_readers(explorer):
     import base64
 
-    from fcn_lesson.widgets.png import png_size
+    from fcn_lesson.widgets.view import png_size
 
     set_controls(explorer, head=FCN, height=640, width=640)
     shown = pngs_in(explorer.view.value)

@@ -16,7 +16,7 @@ from fcn_lesson.lessons.explain import explain_from_maps, explain_pixel, explain
 from fcn_lesson.lessons.explain_panels import stream_rgb
 from fcn_lesson.lessons.viz import to_numpy_image
 from fcn_lesson.widgets.pixel import PixelExplorer
-from fcn_lesson.widgets.png import pngs_in
+from fcn_lesson.widgets.view import pngs_in
 
 
 @pytest.fixture(scope="module")

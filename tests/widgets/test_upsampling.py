@@ -25,8 +25,8 @@ from fcn_lesson.lessons.upsampling import (
     transposed_upsample,
     upsampling_kernel,
 )
-from fcn_lesson.widgets.png import pngs_in
 from fcn_lesson.widgets.upsampling import UpsamplingExplorer
+from fcn_lesson.widgets.view import pngs_in
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +245,7 @@ def test_readout_says_in_words_when_there_is_no_interior(explorer, factor, kerne
 def test_explorer_pictures_are_pinned_to_their_size_and_it_has_a_static_png(explorer):
     import base64
 
-    from fcn_lesson.widgets.png import png_size
+    from fcn_lesson.widgets.view import png_size
 
     set_controls(explorer, kind="bilinear", factor=3, kernel_size=5)
     for name, png in pngs_in(explorer.view.value).items():

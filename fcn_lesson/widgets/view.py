@@ -1,4 +1,4 @@
-"""PNG encoding for the explorers, and their views as one piece of HTML.
+"""The explorers' views: PNG encoding, and each view as one piece of HTML.
 
 Compression is fast, since a slider move re-encodes the picture: zlib level 1 instead of
 matplotlib's default 6 makes the files a little larger and the encoding several times faster;

@@ -7,7 +7,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from fcn_lesson.widgets.png import encode_png, figure_png
+from fcn_lesson.widgets.view import encode_png, figure_png
 
 
 def _decode(png: bytes) -> np.ndarray:
