@@ -9,6 +9,7 @@ PASCAL VOC with the paper's recipe (`--dataset voc`). Every command also runs un
 """
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -51,8 +52,8 @@ EVAL_DEFAULTS = {"shapes": {"images": 200, "batch_size": 16}, "voc": {"images": 
 # classifier, for a lesson (the target is 10 minutes on a 2-core laptop; data/README.md has what
 # it takes). Per stage: the variant, its passes over the training images and how many images it
 # draws; the flags all stages share; the validation images scored after every epoch.
-IN_CLASS_CHAIN = (("fcn32s", 2, 3000), ("fcn16s", 3, 3000), ("fcn8s", 8, 3000))
-IN_CLASS_FLAGS = ["--train-sizes", "96,128,160", "--batch-by-size", "--photo", "0.3", "--lr", "3e-3"]
+IN_CLASS_CHAIN = (("fcn32s", 2, 3000), ("fcn16s", 4, 3000), ("fcn8s", 9, 3000))
+IN_CLASS_FLAGS = ["--train-sizes", "96,128", "--batch-by-size", "--photo", "0.3", "--lr", "3e-3"]
 IN_CLASS_VAL_IMAGES = 100
 
 LR_HELP = f"""learning rate (default: {RECIPES['shapes']['lr']:g} for shapes, with cosine decay; for voc,
@@ -83,6 +84,15 @@ def _say(*args, **kwargs) -> None:
 
 # --- train -----------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=1)
+def _mixed_size_training_set(num_images: int, sizes: tuple[int, ...], seed: int, photo: float):
+    # Kept between calls in one process: the stages of `retrain` train on the same images, and
+    # rendering them again for every stage would cost each stage its first seconds.
+    from fcn_lesson.datasets.shapes import mixed_size_shapes
+
+    return mixed_size_shapes(num_images, sizes, seed=seed, photo=photo)
+
+
 def _shapes_data(args):
     from fcn_lesson.datasets.shapes import ShapesDataset
 
@@ -94,10 +104,9 @@ def _shapes_data(args):
         dataset["photo"] = args.photo
     if args.train_sizes:
         from fcn_lesson.datasets.common import replicate_pad_collate
-        from fcn_lesson.datasets.shapes import mixed_size_shapes
 
         sizes = tuple(int(s) for s in args.train_sizes.split(","))
-        train = mixed_size_shapes(args.train_images, sizes, seed=args.seed, photo=args.photo)
+        train = _mixed_size_training_set(args.train_images, sizes, args.seed, args.photo)
         dataset["train_sizes"] = list(sizes)
         if args.batch_by_size:  # one size per batch: nothing to pad
             return train, val, list(val.classes), dataset, {"batch_by_size": True}

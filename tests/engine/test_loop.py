@@ -268,11 +268,15 @@ def test_epoch_summary_is_short_lines_that_keep_every_number():
 
 def test_the_in_class_retrain_chains_the_stages_from_the_classifier(tmp_path, capsys):
     from fcn_lesson import classroom
-    from fcn_lesson.cli import IN_CLASS_CHAIN, retrain_chain
+    from fcn_lesson.cli import IN_CLASS_CHAIN, _mixed_size_training_set, retrain_chain
     from fcn_lesson.engine.checkpoint import read_meta
 
     # scale: 16 images a stage, one step per epoch: that the chain runs, not what it reaches
+    _mixed_size_training_set.cache_clear()
     result = retrain_chain(tmp_path, scale=1e-4, eval_images=4)
+    # the three stages train on the same images, rendered once
+    assert _mixed_size_training_set.cache_info().misses == 1
+    assert _mixed_size_training_set.cache_info().hits == 2
     stages = result["stages"]
     variants = [s["variant"] for s in stages]
     assert variants == [v for v, _, _ in IN_CLASS_CHAIN] == ["fcn32s", "fcn16s", "fcn8s"]
