@@ -335,7 +335,6 @@ def _step(net, opt, sched, images: torch.Tensor, masks: torch.Tensor, device: to
     return loss, logits, valid
 
 
-
 def adam_cosine_steps(params, batches, loss_of: Callable, lr: float, progress: bool = False,
                       desc: str = "train") -> list[float]:
     """One Adam step per item of `batches`, the learning rate decaying from `lr` to zero on a
