@@ -52,7 +52,7 @@ EVAL_DEFAULTS = {"shapes": {"images": 200, "batch_size": 16}, "voc": {"images": 
 # classifier, for a lesson (the target is 10 minutes on a 2-core laptop; data/README.md has what
 # it takes). Per stage: the variant, its passes over the training images and how many images it
 # draws; the flags all stages share; the validation images scored after every epoch.
-IN_CLASS_CHAIN = (("fcn32s", 2, 3000), ("fcn16s", 4, 3000), ("fcn8s", 9, 3000))
+IN_CLASS_CHAIN = (("fcn32s", 1, 4500), ("fcn16s", 2, 4500), ("fcn8s", 7, 4500))
 IN_CLASS_FLAGS = ["--train-sizes", "96,128", "--batch-by-size", "--photo", "0.3", "--lr", "3e-3"]
 IN_CLASS_VAL_IMAGES = 100
 

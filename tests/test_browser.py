@@ -34,10 +34,11 @@ from browser_support import (
 WIDGET_NOTEBOOKS = ["01_fc_to_conv.ipynb", "02_bilinear_upsampling.ipynb", "03_fcn32s.ipynb",
                     "05_fcn8s.ipynb", "06_compare_variants.ipynb"]
 RUN_ALL_TIMEOUT = 150  # s; each notebook runs in about a minute on a laptop CPU
-# Timed moves per control for the latency report (issue 14 part 5). Each takes about 1.5 s with its
-# settling, and the five notebooks have 23 controls: 2 keep the suite short and still show that the
-# report works; FCN_LESSON_LATENCY_SAMPLES=24 for numbers to publish (about 17 minutes).
-LATENCY_SAMPLES = int(os.environ.get("FCN_LESSON_LATENCY_SAMPLES", "2"))
+# Timed moves per control of the lesson's explorers for the latency report (issue 14 part 5). Each
+# takes about 1.5 s with its settling, and the five notebooks have 23 controls: none in the suite
+# (test_the_latency_report_times_every_control shows on a toy that the report works), and
+# FCN_LESSON_LATENCY_SAMPLES=24 for numbers to publish (about 17 minutes).
+LATENCY_SAMPLES = int(os.environ.get("FCN_LESSON_LATENCY_SAMPLES", "0"))
 WIDGETS_FRONT_END = "@jupyter-widgets/jupyterlab-manager"
 
 # Two explorers of a line plot; the second one's callback updates its caption but not its figure.
@@ -187,6 +188,20 @@ def test_widgets_render_and_redraw_in_jupyterlab(browser, lab_with_notebooks, no
     assert not problems, (f"{notebook} in JupyterLab (screenshots in {OUTPUT}):\n  " + "\n  ".join(problems)
                           + f"\nbrowser console:\n{console}")
     assert moved, f"{notebook}: no widget control found to move; is the widget displayed?"
+
+
+def test_the_latency_report_times_every_control(browser, lab_with_notebooks, capsys):
+    lab, root = lab_with_notebooks
+    one_explorer = TOY_EXPLORERS.replace("display(explorer(redraw=True), explorer(redraw=False))",
+                                         "display(explorer(redraw=True))")
+    path = write_toy_notebook(root / "toy_latency.ipynb", one_explorer)
+    moved, problems, _ = run_in_browser(browser, lab, path, redraw_timeout=5, latency_samples=3)
+    assert (moved, problems) == (1, [])
+    rows = json.loads((OUTPUT / "toy_latency-latency.json").read_text())
+    assert [(row["widget"], row["control"], row["samples"]) for row in rows] == [(0, "slider 'slope'", 3)]
+    # key press to repainted picture: positive, and within the 5 s the check waits
+    assert 0 < rows[0]["median_ms"] <= rows[0]["p95_ms"] < 5000
+    assert "toy_latency widget 0 slider 'slope': median" in capsys.readouterr().out
 
 
 def test_the_check_catches_a_callback_that_does_not_redraw(browser, lab_with_notebooks):

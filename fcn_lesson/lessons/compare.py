@@ -13,10 +13,12 @@ import time
 from collections.abc import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from fcn_lesson.core.models import FCN, build_model
+from fcn_lesson.core.upsample import bilinear_kernel
 from fcn_lesson.engine.device import eval_mode
 from fcn_lesson.engine.loop import predict
 from fcn_lesson.engine.metrics import (
@@ -103,6 +105,52 @@ def plot_accuracy_vs_distance(curves: Mapping[str, tuple], ax=None):
     ax.grid(alpha=0.3)
     ax.legend()
     return ax.figure
+
+
+def _upsampling_matrix(cells: int, stride: int) -> torch.Tensor:
+    """(cells * stride, cells): FCN's fixed bilinear upsampling along one axis, as a matrix.
+
+    `core.upsample.bilinear_upsample` is a transposed convolution with the kernel
+    outer(k, k); being separable, it equals up @ grid @ up.T per channel, which for many small
+    grids is several times faster on a CPU (test_compare checks that the two agree)."""
+    kernel = bilinear_kernel(2 * stride)
+    k = kernel.sum(1) / kernel.sum().sqrt()  # outer(k, k) == kernel
+    rows = torch.arange(cells * stride)[:, None] + stride // 2 - stride * torch.arange(cells)[None]
+    inside = (rows >= 0) & (rows < 2 * stride)
+    return torch.where(inside, k[rows.clamp(0, 2 * stride - 1)], 0.0)
+
+
+def best_at_stride(masks: torch.Tensor, num_classes: int, stride: int, steps: int = 100,
+                   lr: float = 1.0) -> torch.Tensor:
+    """What a net of output stride `stride` could draw at best: argmax class maps (N, H, W).
+
+    Every FCN ends the same way: one score per class on a grid of cells `stride` pixels apart,
+    upsampled by the fixed bilinear kernel, argmax. Here that grid is not computed by any
+    network; it is optimised directly, image by image, against the true mask (Adam on the
+    per-pixel cross-entropy, from zero scores). The result bounds what training can achieve:
+    no net of that stride can draw shapes its final upsampling cannot. (It is a bound found by
+    an optimiser, so the true one may lie a little higher.) The grid covers the image padded
+    to a multiple of 32, as the nets' does.
+    """
+    if masks.dim() != 3:
+        raise ValueError(f"expected masks (N, H, W), got shape {tuple(masks.shape)}")
+    height, width = masks.shape[-2:]
+    rows, cols = (-(-n // 32) * 32 // stride for n in (height, width))
+    up_h = _upsampling_matrix(rows, stride)[:height]
+    up_w = _upsampling_matrix(cols, stride)[:width]
+
+    def upsampled(grid):
+        return torch.einsum("yi,ncij,xj->ncyx", up_h, grid, up_w)
+
+    grid = torch.zeros(len(masks), num_classes, rows, cols, requires_grad=True)
+    optimizer = torch.optim.Adam([grid], lr=lr)
+    for _ in range(steps):
+        loss = F.cross_entropy(upsampled(grid), masks)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return upsampled(grid).argmax(1)
 
 
 def qualitative_grid(dataset, indices: Sequence[int], predictions: Mapping[str, torch.Tensor]):

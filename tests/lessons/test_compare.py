@@ -9,12 +9,15 @@ from torch import nn
 
 from fcn_lesson.classroom import make_classroom_model
 from fcn_lesson.core.models import FCN32s
+from fcn_lesson.core.upsample import bilinear_upsample
 from fcn_lesson.datasets.shapes import ShapesDataset
-from fcn_lesson.engine.loop import evaluate
-from fcn_lesson.engine.metrics import accuracy_by_boundary_distance, segmentation_scores
+from fcn_lesson.engine.loop import evaluate, predict
+from fcn_lesson.engine.metrics import accuracy_by_boundary_distance, confusion_matrix, segmentation_scores
 from fcn_lesson.lessons.compare import (
     PAPER_TABLE2,
+    _upsampling_matrix,
     accuracy_vs_distance,
+    best_at_stride,
     count_flops,
     count_parameters,
     full_width_model,
@@ -221,3 +224,47 @@ def test_transfer_curves_plot_one_line_per_method():
     assert "300 training steps" in fig.axes[0].get_title()
     with pytest.raises(ValueError, match="no rows"):
         plot_transfer_curves([{"method": "other", "masks": 1, "steps": 1, "mean_iou": 0.0}])
+
+
+def test_the_upsampling_matrices_are_the_nets_final_upsampling():
+    torch.manual_seed(0)
+    for stride in (2, 8, 16, 32):
+        for cells in (1, 4, 5):
+            grid = torch.randn(2, 3, cells, cells + 1)
+            separable = torch.einsum("yi,ncij,xj->ncyx", _upsampling_matrix(cells, stride), grid,
+                                     _upsampling_matrix(cells + 1, stride))
+            torch.testing.assert_close(separable, bilinear_upsample(grid, stride))
+
+
+def test_best_at_stride_recovers_a_mask_that_its_upsampling_can_draw():
+    # A mask drawn by the final upsampling itself, from a random 4 x 4 grid at stride 16: the
+    # optimised stride-16 grid finds it again but for pixels near ties between two classes
+    # (98 % when written); a stride-32 grid (2 x 2 cells on 64 px) cannot draw it.
+    torch.manual_seed(0)
+    grid = 4 * torch.randn(3, 5, 4, 4)
+    masks = bilinear_upsample(grid, 16)[..., :64, :64].argmax(1)
+    pred = best_at_stride(masks, 5, 16)
+    assert pred.shape == masks.shape
+    assert (pred == masks).double().mean() > 0.97
+    assert (best_at_stride(masks, 5, 32) == masks).double().mean() < 0.6
+
+
+def test_no_trained_net_beats_the_best_its_stride_can_draw():
+    from fcn_lesson.classroom import load_classroom_model, validation_set
+
+    images, masks = validation_set(16).tensors()
+    best, trained = {}, {}
+    for variant in ("fcn32s", "fcn16s", "fcn8s"):
+        model = load_classroom_model(variant)
+        best[variant] = segmentation_scores(confusion_matrix(
+            best_at_stride(masks, model.num_classes, model.output_stride), masks, model.num_classes))
+        trained[variant] = segmentation_scores(confusion_matrix(
+            predict(model, images), masks, model.num_classes))
+        for metric in ("pixel_acc", "mean_iou"):
+            assert trained[variant][metric] < best[variant][metric], (variant, metric)
+    assert best["fcn32s"]["mean_iou"] < best["fcn16s"]["mean_iou"] < best["fcn8s"]["mean_iou"] < 1
+
+
+def test_best_at_stride_wants_a_batch_of_masks():
+    with pytest.raises(ValueError, match=r"expected masks \(N, H, W\)"):
+        best_at_stride(torch.zeros(64, 64, dtype=torch.long), 6, 32)
