@@ -111,8 +111,9 @@ def _upsampling_matrix(cells: int, stride: int) -> torch.Tensor:
     """(cells * stride, cells): FCN's fixed bilinear upsampling along one axis, as a matrix.
 
     `core.upsample.bilinear_upsample` is a transposed convolution with the kernel
-    outer(k, k); being separable, it equals up @ grid @ up.T per channel, which for many small
-    grids is several times faster on a CPU (test_compare checks that the two agree)."""
+    outer(k, k); being separable, it equals up @ grid @ up.T per channel, which for a batch of
+    100 score grids trains about twice as fast on a 2-core CPU (test_compare checks that the
+    two agree)."""
     kernel = bilinear_kernel(2 * stride)
     k = kernel.sum(1) / kernel.sum().sqrt()  # outer(k, k) == kernel
     rows = torch.arange(cells * stride)[:, None] + stride // 2 - stride * torch.arange(cells)[None]
