@@ -14,7 +14,7 @@ Six parts (--parts), each a function returning plain data:
   memory     peak resident memory of typical workloads, each in a fresh process;
   retrain    the in-class retrain (`python -m fcn_lesson retrain`: FCN-32s -> 16s -> 8s from
              the shipped classifier), its wall-clock time and each net's mean IoU on fresh
-             images (about 10 minutes on a 2-core laptop; --retrain-scale shrinks it).
+             images (7 to 10 minutes on our 2-core VM; --retrain-scale shrinks it).
 `run` does the parts, prints the tables and the targets, and writes bench.json, bench.txt and
 bench.png. Medians throughout: a laptop's timings have a long right tail.
 """

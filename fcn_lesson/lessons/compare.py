@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from fcn_lesson.core.models import FCN, build_model
-from fcn_lesson.core.upsample import bilinear_kernel
+from fcn_lesson.core.upsample import bilinear_upsample
 from fcn_lesson.engine.device import eval_mode
 from fcn_lesson.engine.loop import predict
 from fcn_lesson.engine.metrics import (
@@ -110,15 +110,15 @@ def plot_accuracy_vs_distance(curves: Mapping[str, tuple], ax=None):
 def _upsampling_matrix(cells: int, stride: int) -> torch.Tensor:
     """(cells * stride, cells): FCN's fixed bilinear upsampling along one axis, as a matrix.
 
-    `core.upsample.bilinear_upsample` is a transposed convolution with the kernel
-    outer(k, k); being separable, it equals up @ grid @ up.T per channel, which for a batch of
-    100 score grids trains about twice as fast on a 2-core CPU (test_compare checks that the
-    two agree)."""
-    kernel = bilinear_kernel(2 * stride)
-    k = kernel.sum(1) / kernel.sum().sqrt()  # outer(k, k) == kernel
-    rows = torch.arange(cells * stride)[:, None] + stride // 2 - stride * torch.arange(cells)[None]
-    inside = (rows >= 0) & (rows < 2 * stride)
-    return torch.where(inside, k[rows.clamp(0, 2 * stride - 1)], 0.0)
+    The kernel of `core.upsample.bilinear_upsample` is separable, so upsampling a grid with a
+    single 1 at (i, i) gives outer(u_i, u_i), u_i the matrix's column i; read back from there,
+    the matrix is that function's, borders included. A grid's upsampling is then
+    up @ grid @ up.T per channel, which for a batch of 100 score grids trains about twice as
+    fast on a 2-core CPU (test_compare checks that the two agree)."""
+    diagonal = torch.zeros(cells, 1, cells, cells)
+    diagonal[range(cells), 0, range(cells), range(cells)] = 1
+    squares = bilinear_upsample(diagonal, stride)[:, 0]  # (cells, H, H): outer(u_i, u_i)
+    return (squares.sum(2) / squares.sum((1, 2)).sqrt()[:, None]).T
 
 
 def best_at_stride(masks: torch.Tensor, num_classes: int, stride: int, steps: int = 100,
