@@ -65,6 +65,19 @@ def load_classroom_model(variant: str, device=None) -> FCN:
     return model
 
 
+def class_shift(variant: str):
+    """The per-class score offsets tuned into the shipped `variant` after its training, for mean
+    IoU on validation images (`python -m fcn_lesson tune-shift`, `fcn_lesson.engine.calibrate`);
+    zeros for a checkpoint that has none. `model.shift_class_scores(-class_shift(v))` undoes
+    them (up to the float16 rounding of the stored bias)."""
+    import torch
+
+    from fcn_lesson.engine.checkpoint import read_meta
+
+    record = read_meta(checkpoint_path(variant)).get("class_shift")
+    return torch.tensor(record["shift"]) if record else torch.zeros(num_classes())
+
+
 def classifier_path() -> Path:
     return data_dir() / "classifier.pt"
 

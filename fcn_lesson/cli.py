@@ -1,5 +1,5 @@
 """Command line: python -m fcn_lesson COMMAND --help, for the commands train-classifier, train,
-transfer-experiment, retrain (the in-class chain), evaluate and predict.
+transfer-experiment, retrain (the in-class chain), tune-shift, evaluate and predict.
 
 The benchmark lives outside the lesson: `python -m benchmarks --help` from the repository.
 
@@ -26,6 +26,7 @@ EPILOG = """examples (classroom shapes, offline; the shipped checkpoints' recipe
   python -m fcn_lesson train-classifier --out checkpoints/classifier.pt
   python -m fcn_lesson train --variant fcn32s --init data/classifier.pt --out checkpoints/fcn32s.pt
   python -m fcn_lesson train --variant fcn16s --init checkpoints/fcn32s.pt --out checkpoints/fcn16s.pt
+  python -m fcn_lesson tune-shift --checkpoint checkpoints/fcn16s.pt --out checkpoints/fcn16s_tuned.pt
   python -m fcn_lesson evaluate --checkpoint data/fcn8s.pt --image-size 150
   python -m fcn_lesson predict photo.png --variant fcn8s --out photo_mask.png
 
@@ -354,6 +355,42 @@ def _retrain(args) -> int:
     return 0
 
 
+# --- tune-shift ------------------------------------------------------------------------
+
+def _tune_shift(args) -> int:
+    import torch
+
+    from fcn_lesson.datasets.shapes import ShapesDataset
+    from fcn_lesson.engine.calibrate import tune_class_shift
+    from fcn_lesson.engine.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+
+    model, meta = load_checkpoint(args.checkpoint, device="cpu")
+    if meta.get("dataset", {}).get("name", "shapes") != "shapes":
+        raise ValueError(f"{args.checkpoint} was trained on {meta['dataset']['name']}; tune-shift "
+                         "tunes on classroom shapes images only")
+    if args.seed == classroom.EVAL_SEED:
+        raise ValueError(f"--seed {args.seed} is the evaluation seed (tests and notebooks score on "
+                         "it); tune on held-out images the evaluation never sees, e.g. the "
+                         f"validation seed {classroom.VAL_SEED}")
+    half = any(v.dtype == torch.float16 for v in read_checkpoint(args.checkpoint)["state_dict"].values())
+    data = ShapesDataset(args.images, args.image_size, seed=args.seed)
+    result = tune_class_shift(model, data)
+    model.shift_class_scores(result["shift"])
+    earlier = meta.get("class_shift", {}).get("shift", [0.0] * model.num_classes)
+    record = {"shift": [a + b for a, b in zip(earlier, result["shift"].tolist(), strict=True)],
+              "data": repr(data), "mean_iou_before": result["mean_iou_before"],
+              "mean_iou_after": result["mean_iou_after"],
+              "command": "python -m fcn_lesson " + " ".join(sys.argv[1:])}
+    keep = {k: meta[k] for k in ("classes", "dataset", "metrics", "history", "training") if k in meta}
+    save_checkpoint(args.out, model, half=half, class_shift=record, **keep)
+    classes = meta.get("classes") or [str(c) for c in range(model.num_classes)]
+    print("score offsets per class: " + ", ".join(
+        f"{c} {v:+.3f}" for c, v in zip(classes, result["shift"].tolist(), strict=True)))
+    print(f"mean IoU on {data!r}: {result['mean_iou_before']:.4f} -> {result['mean_iou_after']:.4f}")
+    print(f"wrote {args.out}")
+    return 0
+
+
 # --- evaluate, predict -----------------------------------------------------------------
 
 def _load(args, device=None):
@@ -637,6 +674,25 @@ def _add_retrain(sub) -> None:
     r.set_defaults(func=_retrain)
 
 
+def _add_tune_shift(sub) -> None:
+    """`tune-shift`: per-class score offsets for mean IoU, after training."""
+    t = sub.add_parser("tune-shift", formatter_class=_HelpFormatter,
+                       help="tune each class's score offset for mean IoU on held-out images",
+                       description="Cross-entropy counts pixels, mean IoU counts classes: a net "
+                                   "trained on cross-entropy names too few pixels after its rare "
+                                   "classes. This adds one constant per class to the scores, chosen "
+                                   "to maximise mean IoU on held-out shapes images, folded into the "
+                                   "bias of the net's last score layer "
+                                   "(fcn_lesson.engine.calibrate), and writes the checkpoint again.")
+    t.add_argument("--checkpoint", required=True, help="the trained checkpoint to tune")
+    t.add_argument("--out", required=True, help="where to write the tuned checkpoint (may be the same file)")
+    t.add_argument("--images", type=int, default=200, help="held-out images to tune on")
+    t.add_argument("--image-size", type=int, default=classroom.IMAGE_SIZE)
+    t.add_argument("--seed", type=int, default=classroom.VAL_SEED,
+                   help="their seed: the validation seed, never the evaluation one")
+    t.set_defaults(func=_tune_shift)
+
+
 def _add_evaluate_and_predict(sub) -> None:
     """`evaluate` and `predict`, which share how a model is chosen."""
     for name, func, text in (("evaluate", _evaluate, "score a checkpoint on fresh shapes images or VOC"),
@@ -675,7 +731,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     for add in (_add_train, _add_train_classifier, _add_transfer_experiment, _add_retrain,
-                _add_evaluate_and_predict):
+                _add_tune_shift, _add_evaluate_and_predict):
         add(sub)
     return parser
 

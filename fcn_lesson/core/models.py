@@ -123,6 +123,27 @@ class FCN(nn.Module):
         maps["out"] = self.upscore_final(score)[..., :height, :width]
         return maps
 
+    @property
+    def last_score_layer(self) -> nn.Conv2d:
+        """The score layer added last before the final (fixed bilinear) upsampling: `score_fr`,
+        `score_pool4` or `score_pool3`."""
+        return getattr(self, ("score_fr", "score_pool4", "score_pool3")[self.skips])
+
+    @torch.no_grad()
+    def shift_class_scores(self, shift: torch.Tensor) -> "FCN":
+        """Add `shift[c]` to class c's scores, folded into the bias of `last_score_layer`, so
+        the net itself makes the shifted scores. The fixed bilinear upsampling after that layer
+        passes a constant on unchanged except within half a stride of the (padded) image's
+        border, where its zero padding weighs it less. Chosen by
+        `fcn_lesson.engine.calibrate.tune_class_shift`."""
+        shift = torch.as_tensor(shift, dtype=torch.float32)
+        if shift.shape != (self.num_classes,):
+            raise ValueError(f"shift needs one value per class, shape ({self.num_classes},), "
+                             f"got {tuple(shift.shape)}")
+        bias = self.last_score_layer.bias
+        bias += shift.to(bias)
+        return self
+
     @torch.no_grad()
     def init_from(self, coarser: "FCN") -> "FCN":
         """Stage-wise initialisation (paper, Sec. 4.2): copy every layer `coarser` shares with

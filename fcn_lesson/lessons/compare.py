@@ -19,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fcn_lesson.core.models import FCN, build_model
 from fcn_lesson.core.upsample import bilinear_upsample
+from fcn_lesson.engine.calibrate import best_class_shift
 from fcn_lesson.engine.device import eval_mode
 from fcn_lesson.engine.loop import predict
 from fcn_lesson.engine.metrics import (
@@ -128,10 +129,12 @@ def best_at_stride(masks: torch.Tensor, num_classes: int, stride: int, steps: in
     Every FCN ends the same way: one score per class on a grid of cells `stride` pixels apart,
     upsampled by the fixed bilinear kernel, argmax. Here that grid is not computed by any
     network; it is optimised directly, image by image, against the true mask (Adam on the
-    per-pixel cross-entropy, from zero scores). The result bounds what training can achieve:
-    no net of that stride can draw shapes its final upsampling cannot. (It is a bound found by
-    an optimiser, so the true one may lie a little higher.) The grid covers the image padded
-    to a multiple of 32, as the nets' does.
+    per-pixel cross-entropy, from zero scores), then each class's scores are offset by the
+    constant that maximises mean IoU over all the images (`best_class_shift`, as the shipped
+    nets are tuned). The result bounds what training can achieve: no net of that stride can
+    draw shapes its final upsampling cannot. (It is a bound found by an optimiser, so the true
+    one may lie a little higher.) The grid covers the image padded to a multiple of 32, as the
+    nets' does.
     """
     if masks.dim() != 3:
         raise ValueError(f"expected masks (N, H, W), got shape {tuple(masks.shape)}")
@@ -151,7 +154,9 @@ def best_at_stride(masks: torch.Tensor, num_classes: int, stride: int, steps: in
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        return upsampled(grid).argmax(1)
+        scores = upsampled(grid)
+    shift, _, _ = best_class_shift(scores, masks)
+    return (scores + shift.view(-1, 1, 1)).argmax(1)
 
 
 def qualitative_grid(dataset, indices: Sequence[int], predictions: Mapping[str, torch.Tensor]):
