@@ -358,11 +358,10 @@ def _retrain(args) -> int:
 # --- tune-shift ------------------------------------------------------------------------
 
 def _tune_shift(args) -> int:
-    import torch
 
     from fcn_lesson.datasets.shapes import ShapesDataset
     from fcn_lesson.engine.calibrate import tune_class_shift
-    from fcn_lesson.engine.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+    from fcn_lesson.engine.checkpoint import load_checkpoint, save_checkpoint
 
     model, meta = load_checkpoint(args.checkpoint, device="cpu")
     if meta.get("dataset", {}).get("name", "shapes") != "shapes":
@@ -372,7 +371,6 @@ def _tune_shift(args) -> int:
         raise ValueError(f"--seed {args.seed} is the evaluation seed (tests and notebooks score on "
                          "it); tune on held-out images the evaluation never sees, e.g. the "
                          f"validation seed {classroom.VAL_SEED}")
-    half = any(v.dtype == torch.float16 for v in read_checkpoint(args.checkpoint)["state_dict"].values())
     data = ShapesDataset(args.images, args.image_size, seed=args.seed)
     result = tune_class_shift(model, data)
     model.shift_class_scores(result["shift"])
@@ -382,7 +380,7 @@ def _tune_shift(args) -> int:
               "mean_iou_after": result["mean_iou_after"],
               "command": "python -m fcn_lesson " + " ".join(sys.argv[1:])}
     keep = {k: meta[k] for k in ("classes", "dataset", "metrics", "history", "training") if k in meta}
-    save_checkpoint(args.out, model, half=half, class_shift=record, **keep)
+    save_checkpoint(args.out, model, half=meta["half"], class_shift=record, **keep)
     classes = meta.get("classes") or [str(c) for c in range(model.num_classes)]
     print("score offsets per class: " + ", ".join(
         f"{c} {v:+.3f}" for c, v in zip(classes, result["shift"].tolist(), strict=True)))

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from fcn_lesson.core.models import FCN
-from fcn_lesson.engine.loop import _loader
+from fcn_lesson.engine.loop import data_loader
 from fcn_lesson.engine.metrics import confusion_matrix, segmentation_scores
 
 # Coordinate steps, largest first: a score offset of a few units moves whole objects, the
@@ -36,7 +36,7 @@ def _scores_and_response(model: FCN, data: Dataset, batch_size: int):
     model.eval()
     device = next(model.parameters()).device
     logits, masks = [], []
-    for images, target in _loader(data, batch_size, shuffle=False, seed=0):
+    for images, target in data_loader(data, batch_size, shuffle=False, seed=0):
         logits.append(model(images.to(device)).float().cpu())
         masks.append(target)
     logits, masks = torch.cat(logits), torch.cat(masks)

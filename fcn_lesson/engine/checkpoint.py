@@ -44,7 +44,8 @@ def save_checkpoint(path: str | os.PathLike, model: FCN, *, classes=None, datase
     """Write model weights + metadata atomically (temp file in the same folder, then rename),
     so an interrupted write never leaves a half-written checkpoint behind.
 
-    half=True stores float tensors as float16 (half the size; they load back as float32).
+    half=True stores float tensors as float16 (half the size; they load back as float32);
+    `load_checkpoint`'s metadata says so ("half").
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,7 +57,8 @@ def save_checkpoint(path: str | os.PathLike, model: FCN, *, classes=None, datase
         "batch_norm": bool(model.batch_norm),
         "classes": list(classes) if classes is not None else None,
         "dataset": dataset or {}, "metrics": _plain(metrics or {}), "history": _plain(history or []),
-        "training": training or {}, "versions": _versions(), "state_dict": state, **extra,
+        "training": training or {}, "versions": _versions(), "state_dict": state, "half": half,
+        **extra,
     }
     return _atomic_save(payload, path)
 
@@ -141,6 +143,8 @@ def load_checkpoint(path: str | os.PathLike, variant: str | None = None,
         raise CheckpointError(f"{path} does not match a {payload['variant']} of its stated "
                               f"size: {str(err)[:300]}") from None
     meta = {k: v for k, v in payload.items() if k != "state_dict"}
+    # Files written before "half" was recorded: stored as float16 if their floats are.
+    meta.setdefault("half", any(v.dtype == torch.float16 for v in payload["state_dict"].values()))
     return model.to(pick_device(device)).eval(), meta
 
 

@@ -79,8 +79,10 @@ def _tensor_data(data: Dataset) -> Dataset:
     return data
 
 
-def _loader(data: Dataset, batch_size: int, shuffle: bool, seed: int, collate_fn=None,
-            sampler=None, num_workers: int = 0) -> DataLoader:
+def data_loader(data: Dataset, batch_size: int, shuffle: bool, seed: int, collate_fn=None,
+                sampler=None, num_workers: int = 0) -> DataLoader:
+    """A DataLoader over `data` (a ShapesDataset is rendered once into tensors), its order
+    drawn from `seed` when `shuffle`."""
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(_tensor_data(data), batch_size=batch_size, shuffle=shuffle, sampler=sampler,
                       generator=generator, collate_fn=collate_fn, num_workers=num_workers)
@@ -215,7 +217,7 @@ def evaluate(model: FCN, data: Dataset, batch_size: int = 16,
     shard = range(rank, len(data), world) if world > 1 else None
     cm = torch.zeros(model.num_classes, model.num_classes, dtype=torch.long)
     band_hits = band_total = 0
-    batches = _loader(data, batch_size, shuffle=False, seed=0, collate_fn=collate_fn, sampler=shard)
+    batches = data_loader(data, batch_size, shuffle=False, seed=0, collate_fn=collate_fn, sampler=shard)
     with _bar(len(batches), 0, "evaluate", progress and rank == 0, leave=False) as bar:
         for images, masks in batches:
             pred = predict(model, images, device)

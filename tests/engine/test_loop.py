@@ -85,10 +85,17 @@ def test_half_checkpoint_is_smaller_and_loads_as_float(tmp_path):
     full = save_checkpoint(tmp_path / "full.pt", model)
     half = save_checkpoint(tmp_path / "half.pt", model, half=True)
     assert half.stat().st_size < 0.6 * full.stat().st_size
-    loaded, _ = load_checkpoint(half)
+    loaded, meta = load_checkpoint(half)
     assert loaded.backbone.head.fc6.weight.dtype == torch.float32
     torch.testing.assert_close(loaded.backbone.head.fc6.weight, model.backbone.head.fc6.weight,
                                atol=1e-3, rtol=1e-3)
+    # the metadata says how it was stored, so a re-save (tune-shift) can store it the same way
+    assert meta["half"] is True and load_checkpoint(full)[1]["half"] is False
+    # files written before "half" was recorded: told by the stored floats
+    payload = torch.load(half, weights_only=True)
+    del payload["half"]
+    torch.save(payload, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt")[1]["half"] is True
 
 
 @pytest.mark.parametrize("kwargs, match", [
