@@ -19,12 +19,16 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fcn_lesson.core.models import FCN, build_model
 from fcn_lesson.core.upsample import bilinear_upsample
+from fcn_lesson.datasets.common import IGNORE_INDEX
 from fcn_lesson.engine.calibrate import best_class_shift
 from fcn_lesson.engine.device import eval_mode
 from fcn_lesson.engine.loop import predict
 from fcn_lesson.engine.metrics import (
     accuracy_by_boundary_distance,
+    boundary_distance,
+    confusion_matrix,
     score_predictions,
+    segmentation_scores,
 )
 
 LABELS = {"fcn32s": "FCN-32s", "fcn16s": "FCN-16s", "fcn8s": "FCN-8s"}
@@ -87,6 +91,33 @@ def accuracy_vs_distance(predictions: Mapping[str, torch.Tensor], masks: torch.T
     label edge, over all images (the last bin holds everything further away)."""
     return {name: accuracy_by_boundary_distance(pred, masks, max_distance)
             for name, pred in predictions.items()}
+
+
+def errors_near_edges(pred: torch.Tensor, masks: torch.Tensor, num_classes: int,
+                      distances: Sequence[int] = (1, 2, 3, 5)) -> list[dict]:
+    """How much of what a net still gets wrong lies on the object edges.
+
+    One row per d in `distances`: the share of its wrong pixels closer than d pixels to the
+    nearest label edge ("errors left"), and the mean IoU (%) it would reach if every wrong pixel
+    at least d pixels from an edge were put right and those closer left as they are. A first row
+    gives the mean IoU as it is. Distances are `boundary_distance`'s (chessboard, 0 on the edge itself)."""
+    if pred.shape != masks.shape:
+        raise ValueError(f"pred and masks shapes differ: {tuple(pred.shape)} vs {tuple(masks.shape)}")
+    if not distances or min(distances) < 1:
+        raise ValueError(f"distances must be >= 1 pixel (1: every error off the edge pixel "
+                         f"itself corrected), got {list(distances)}")
+    distance = boundary_distance(masks, max(distances)).reshape(masks.shape)
+    wrong = (pred != masks) & (masks != IGNORE_INDEX)
+
+    def mean_iou(labels: torch.Tensor) -> float:
+        return 100 * segmentation_scores(confusion_matrix(labels, masks, num_classes))["mean_iou"]
+
+    rows = [{"put right": "nothing", "errors left (%)": 100.0, "mean_iou": mean_iou(pred)}]
+    for d in distances:
+        left = (wrong & (distance < d)).sum().item() / max(wrong.sum().item(), 1)
+        rows.append({"put right": f"errors ≥ {d} px from an edge", "errors left (%)": 100 * left,
+                     "mean_iou": mean_iou(torch.where(distance >= d, masks, pred))})
+    return rows
 
 
 def plot_accuracy_vs_distance(curves: Mapping[str, tuple], ax=None):

@@ -20,6 +20,7 @@ from fcn_lesson.lessons.compare import (
     best_at_stride,
     count_flops,
     count_parameters,
+    errors_near_edges,
     full_width_model,
     measure_latency,
     metrics_table,
@@ -268,3 +269,35 @@ def test_no_trained_net_beats_the_best_its_stride_can_draw():
 def test_best_at_stride_wants_a_batch_of_masks():
     with pytest.raises(ValueError, match=r"expected masks \(N, H, W\)"):
         best_at_stride(torch.zeros(64, 64, dtype=torch.long), 6, 32)
+
+
+def test_errors_near_edges_counts_each_error_by_its_distance_to_the_edge():
+    # One 8 x 8 square (class 1) in a 16 x 16 background; distances to its edge are known.
+    masks = torch.zeros(1, 16, 16, dtype=torch.long)
+    masks[0, 4:12, 4:12] = 1
+    pred = masks.clone()
+    pred[0, 4, 6] = 0  # on the square's edge (distance 0)
+    pred[0, 5, 7] = 0  # one pixel inside (distance 1)
+    pred[0, 0, 15] = 1  # in a corner of the background, 4 pixels from the square
+    rows = errors_near_edges(pred, masks, 2, distances=(1, 2, 5))
+    assert [r["put right"] for r in rows] == ["nothing", "errors ≥ 1 px from an edge",
+                                              "errors ≥ 2 px from an edge", "errors ≥ 5 px from an edge"]
+    assert [r["errors left (%)"] for r in rows] == pytest.approx([100, 100 / 3, 200 / 3, 100])
+
+    def miou(wrong_square: int, wrong_background: int) -> float:
+        # IoU of the background and of the square, with so many pixels of each labelled wrong
+        inter_bg, inter_sq = 192 - wrong_background, 64 - wrong_square
+        return 50 * (inter_bg / (192 + wrong_square) + inter_sq / (64 + wrong_background))
+
+    expected = [miou(2, 1), miou(1, 0), miou(2, 0), miou(2, 1)]
+    assert [r["mean_iou"] for r in rows] == pytest.approx(expected)
+    # every error corrected from distance 1: only the edge pixel is left; nothing wrong: 100
+    assert errors_near_edges(masks, masks, 2)[-1]["mean_iou"] == 100
+
+
+def test_errors_near_edges_refuses_bad_input():
+    masks = torch.zeros(1, 8, 8, dtype=torch.long)
+    with pytest.raises(ValueError, match="shapes differ"):
+        errors_near_edges(masks[:, :4], masks, 2)
+    with pytest.raises(ValueError, match=">= 1 pixel"):
+        errors_near_edges(masks, masks, 2, distances=(0, 2))
