@@ -54,7 +54,7 @@ def save_checkpoint(path: str | os.PathLike, model: FCN, *, classes=None, datase
     payload = {
         "format": CHECKPOINT_FORMAT,
         "variant": model.variant, "num_classes": model.num_classes, "width": float(model.width),
-        "batch_norm": bool(model.batch_norm),
+        "batch_norm": bool(model.batch_norm), "dropout": float(model.backbone.head.drop6.p),
         "classes": list(classes) if classes is not None else None,
         "dataset": dataset or {}, "metrics": _plain(metrics or {}), "history": _plain(history or []),
         "training": training or {}, "versions": _versions(), "state_dict": state, "half": half,
@@ -119,6 +119,16 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return payload
 
 
+def _dropout(payload: dict) -> float:
+    """The dropout the checkpoint's net was trained with, so that training it further goes on as it
+    was trained (at inference dropout does nothing). Files written before it was recorded were
+    trained by `python -m fcn_lesson train` with its dataset's default: none on shapes (the
+    classroom nets), 0.5 on VOC (the paper's)."""
+    if "dropout" in payload:
+        return payload["dropout"]
+    return 0.0 if payload.get("dataset", {}).get("name") == "shapes" else 0.5
+
+
 def load_checkpoint(path: str | os.PathLike, variant: str | None = None,
                     num_classes: int | None = None, width: float | None = None,
                     device: str | torch.device | None = "cpu") -> tuple[FCN, dict]:
@@ -134,8 +144,8 @@ def load_checkpoint(path: str | os.PathLike, variant: str | None = None,
                 f"trained for that setting, or another path to train one")
     if payload["variant"] not in VARIANTS:
         raise CheckpointError(f"{path} is for unknown variant {payload['variant']!r}")
-    model = build_model(payload["variant"], num_classes=payload["num_classes"],
-                        width=payload["width"], batch_norm=payload.get("batch_norm", False))
+    model = build_model(payload["variant"], num_classes=payload["num_classes"], width=payload["width"],
+                        batch_norm=payload.get("batch_norm", False), dropout=_dropout(payload))
     state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
     try:
         model.load_state_dict(state)  # strict: every tensor, right shapes, or nothing

@@ -98,6 +98,24 @@ def test_half_checkpoint_is_smaller_and_loads_as_float(tmp_path):
     assert load_checkpoint(tmp_path / "old.pt")[1]["half"] is True
 
 
+def test_checkpoint_loads_with_the_dropout_its_net_was_trained_with(tmp_path):
+    # At inference dropout does nothing; a loaded net trained further must not gain dropout
+    # it never had (the classroom nets were trained without).
+    for p in (0.0, 0.3):
+        path = save_checkpoint(tmp_path / f"d{p}.pt", FCN8s(**{**TINY, "dropout": p}))
+        loaded, meta = load_checkpoint(path)
+        assert meta["dropout"] == p == loaded.backbone.head.drop6.p == loaded.backbone.head.drop7.p
+    # files written before dropout was recorded: their dataset's training default
+    payload = torch.load(tmp_path / "d0.3.pt", weights_only=True)
+    del payload["dropout"]
+    for dataset, p in (("shapes", 0.0), ("voc", 0.5)):
+        torch.save({**payload, "dataset": {"name": dataset}}, tmp_path / "old.pt")
+        assert load_checkpoint(tmp_path / "old.pt")[0].backbone.head.drop6.p == p
+    from fcn_lesson.classroom import load_classroom_model
+
+    assert load_classroom_model("fcn8s").backbone.head.drop6.p == 0.0
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"variant": "fcn8s"}, "holds a fcn16s"),
     ({"num_classes": 21}, "num_classes=21"),
