@@ -358,7 +358,6 @@ def _retrain(args) -> int:
 # --- tune-shift ------------------------------------------------------------------------
 
 def _tune_shift(args) -> int:
-
     from fcn_lesson.datasets.shapes import ShapesDataset
     from fcn_lesson.engine.calibrate import tune_class_shift
     from fcn_lesson.engine.checkpoint import load_checkpoint, save_checkpoint

@@ -170,7 +170,6 @@ def per_image_mean_iou(preds: torch.Tensor, targets: torch.Tensor, num_classes: 
 
 
 @torch.no_grad()
-@torch.no_grad()  # scoring only: no autograd graph held over a batch's activations
 def skip_ablation(model: FCN, images: torch.Tensor, masks: torch.Tensor,
                   settings: dict[str, tuple[float, float]] | None = None, batch_size: int = 32,
                   boundary_width: int = 3) -> dict[str, dict]:
