@@ -189,7 +189,8 @@ def _train_on(args, device) -> int:
 
     def make_model():
         model = VARIANTS[args.variant](num_classes=len(classes), width=args.width,
-                                       dropout=args.dropout, batch_norm=batch_norm)
+                                       dropout=args.dropout, batch_norm=batch_norm,
+                                       learn_final_upsampling=args.learn_final_upsampling)
         if vgg is not None:
             return model.init_from_imagenet(vgg)
         if clf is not None:
@@ -572,6 +573,9 @@ def _add_train(sub) -> None:
                    help="learning-rate schedule (default: cosine shapes, constant voc)")
     t.add_argument("--weight-decay", type=float, help="default: 0 shapes, 5e-4 voc")
     t.add_argument("--dropout", type=float, help="dropout after fc6 and fc7 (default: 0 shapes, 0.5 voc)")
+    t.add_argument("--learn-final-upsampling", action="store_true",
+                   help="learn the final upsampling too, starting from bilinear (the paper keeps it "
+                        "fixed, Sec. 4.3; the classroom FCN-8s learns it)")
     t.add_argument("--width", type=float,
                    help=f"channel multiplier of VGG16 (default: {classroom.WIDTH} shapes, 1 voc)")
     t.add_argument("--train-images", type=int, help="training images (default: 2000 shapes, all voc)")

@@ -8,6 +8,10 @@
         upscore (x32, FCN-32s)  /  upscore16 (x16, FCN-16s)  /  upscore8 (x8, FCN-8s)
         -> crop back to (H, W)
 
+The final upsampling is fixed bilinear, as in the paper's experiments (Sec. 4.3) and its reference
+code; `learn_final_upsampling=True` learns it too, starting from bilinear, which the paper allows
+("need not be fixed ... but can be learned", Sec. 3.3). The classroom FCN-8s is trained that way.
+
 Geometry: the input is padded (replicating its border) to a multiple of 32, pooling floors,
 fc6 has padding 3 and every upsampler has kernel 2s, stride s, padding s/2. Then each stage
 is exactly 1/stride of the padded image, every score map cell is centred over the pixels it
@@ -60,11 +64,12 @@ class FCN(nn.Module):
     variant = "fcn"
 
     def __init__(self, num_classes: int = 21, width: float = 1.0, dropout: float = 0.5,
-                 batch_norm: bool = False):
+                 batch_norm: bool = False, learn_final_upsampling: bool = False):
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         self.num_classes, self.width, self.batch_norm = num_classes, width, batch_norm
+        self.learn_final_upsampling = bool(learn_final_upsampling)
         self.backbone = VGG16Backbone(width, dropout, batch_norm)
         ch = self.backbone.channels
         self.score_fr = _zero_conv(ch["fc7"], num_classes)
@@ -75,8 +80,11 @@ class FCN(nn.Module):
             self.upscore_pool4 = BilinearUpsample(num_classes, 2, learnable=True)
             self.score_pool3 = _zero_conv(ch["pool3"], num_classes)
         self.output_stride = 32 >> self.skips
-        # Final upsampling is fixed bilinear, as in the reference implementation.
-        self.upscore_final = BilinearUpsample(num_classes, self.output_stride, learnable=False)
+        # Fixed bilinear as in the reference implementation, or learned from bilinear: a full
+        # (classes x classes) weight like upscore2's. Learned, it can sharpen what bilinear
+        # interpolation blurs: the classroom FCN-8s's wrong pixels are mostly edge pixels.
+        self.upscore_final = BilinearUpsample(num_classes, self.output_stride,
+                                              learnable=self.learn_final_upsampling)
         # Weights stored channels-last make every convolution run channels-last (oneDNN on CPU,
         # tensor cores on GPU): 1.3x faster training and 1.8x faster inference on a 2-core CPU
         # at classroom width, same results to float rounding. `python -m fcn_lesson bench`.
@@ -125,8 +133,8 @@ class FCN(nn.Module):
 
     @property
     def last_score_layer(self) -> nn.Conv2d:
-        """The score layer added last before the final (fixed bilinear) upsampling: `score_fr`,
-        `score_pool4` or `score_pool3`."""
+        """The score layer added last before the final upsampling: `score_fr`, `score_pool4` or
+        `score_pool3`."""
         return getattr(self, ("score_fr", "score_pool4", "score_pool3")[self.skips])
 
     @torch.no_grad()
@@ -134,8 +142,9 @@ class FCN(nn.Module):
         """Add `shift[c]` to class c's scores, folded into the bias of `last_score_layer`, so
         the net itself makes the shifted scores. The fixed bilinear upsampling after that layer
         passes a constant on unchanged except within half a stride of the (padded) image's
-        border, where its zero padding weighs it less. Chosen by
-        `fcn_lesson.engine.calibrate.tune_class_shift`."""
+        border, where its zero padding weighs it less; a learned one passes on what its kernel
+        makes of it (it may mix classes). `fcn_lesson.engine.calibrate.tune_class_shift`
+        measures that response and chooses the shift."""
         shift = torch.as_tensor(shift, dtype=torch.float32)
         if shift.shape != (self.num_classes,):
             raise ValueError(f"shift needs one value per class, shape ({self.num_classes},), "
@@ -159,6 +168,7 @@ class FCN(nn.Module):
         if coarser.skips >= self.skips:
             raise ValueError(f"{self.variant} is initialised from a coarser net, not {coarser.variant}")
         own = self.state_dict()
+        # The final upsampling is not shared: it has another factor (it starts bilinear).
         shared = {k: v for k, v in coarser.state_dict().items()
                   if k in own and not k.startswith("upscore_final")}
         own.update(shared)

@@ -30,9 +30,11 @@ STEPS = (2.0, 1.0, 0.5, 0.25, 0.125)
 
 @torch.no_grad()
 def _scores_and_response(model: FCN, data: Dataset, batch_size: int):
-    """The net's output scores for every image, the masks, and how much of a unit offset in the
-    last score layer's bias reaches each output pixel (1 inside the image; less within half a
-    stride of the border, where the zero-padded bilinear upsampling weighs it less)."""
+    """The net's output scores for every image, the masks, and what a unit offset in each
+    class's bias of the last score layer does to each output score: (C offset, C out, H, W).
+    Through the fixed bilinear upsampling it is diagonal: 1 inside the image, less within half a
+    stride of the border, where its zero padding weighs it less. A learned final upsampling may
+    also pass some of it on to other classes."""
     model.eval()
     device = next(model.parameters()).device
     logits, masks = [], []
@@ -40,18 +42,22 @@ def _scores_and_response(model: FCN, data: Dataset, batch_size: int):
         logits.append(model(images.to(device)).float().cpu())
         masks.append(target)
     logits, masks = torch.cat(logits), torch.cat(masks)
-    shifted = copy.deepcopy(model).shift_class_scores(torch.ones(model.num_classes))
     first = data[0][0][None].to(device)
-    response = (shifted(first)[0] - model(first)[0]).float().cpu()  # (C, H, W)
+    plain = model(first)[0]
+    unit = torch.eye(model.num_classes)
+    response = torch.stack([copy.deepcopy(model).shift_class_scores(unit[c])(first)[0] - plain
+                            for c in range(model.num_classes)]).float().cpu()
     return logits, masks, response
 
 
 def best_class_shift(logits: torch.Tensor, masks: torch.Tensor, response: torch.Tensor | float = 1.0,
                      steps: tuple[float, ...] = STEPS) -> tuple[torch.Tensor, float, float]:
     """(shift, mean IoU before, mean IoU after): the per-class offsets that maximise the mean IoU
-    of `(logits + shift[c] * response).argmax(1)` against `masks`.
+    of the shifted scores' argmax against `masks`.
 
-    logits (N, C, H, W); `response` is how much of an offset reaches each pixel ((C, H, W), or 1).
+    logits (N, C, H, W). `response`: 1 (the scores are shifted by exactly the offsets), or
+    (C, C, H, W), how much of a unit offset of class c reaches each class's score at each pixel
+    (`response[c]`), so that the shifted scores are logits + sum over c of shift[c] * response[c].
     Coordinate search: for each step size (largest first), try each class's offset up and down
     by that step and keep any change that raises mean IoU, until none does. Deterministic. A
     local search: it stops where no single step helps, which need not be the best offsets.
@@ -60,15 +66,19 @@ def best_class_shift(logits: torch.Tensor, masks: torch.Tensor, response: torch.
         raise ValueError(f"expected logits (N, C, H, W) and masks (N, H, W) of the same images, got "
                          f"{tuple(logits.shape)} and {tuple(masks.shape)}")
     classes = logits.shape[1]
+    if isinstance(response, torch.Tensor) and response.shape != (classes, *logits.shape[1:]):
+        raise ValueError(f"response must be (C, C, H, W) = {(classes, *logits.shape[1:])}, got "
+                         f"{tuple(response.shape)}")
     shift = torch.zeros(classes)
     # Classes last: argmax over the last dimension is ~8x faster on a CPU than over dim 1, and
     # the search takes ~100 of them.
     logits = logits.permute(0, 2, 3, 1).contiguous()
     if isinstance(response, torch.Tensor):
-        response = response.permute(1, 2, 0)
+        response = response.permute(0, 2, 3, 1)  # (C offset, H, W, C out)
 
     def score(s: torch.Tensor) -> float:
-        pred = (logits + s * response).argmax(-1)
+        moved = torch.tensordot(s, response, dims=1) if isinstance(response, torch.Tensor) else s * response
+        pred = (logits + moved).argmax(-1)
         return segmentation_scores(confusion_matrix(pred, masks, classes))["mean_iou"]
 
     before = best = score(shift)

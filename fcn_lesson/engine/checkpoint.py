@@ -55,6 +55,7 @@ def save_checkpoint(path: str | os.PathLike, model: FCN, *, classes=None, datase
         "format": CHECKPOINT_FORMAT,
         "variant": model.variant, "num_classes": model.num_classes, "width": float(model.width),
         "batch_norm": bool(model.batch_norm), "dropout": float(model.backbone.head.drop6.p),
+        "learn_final_upsampling": model.learn_final_upsampling,
         "classes": list(classes) if classes is not None else None,
         "dataset": dataset or {}, "metrics": _plain(metrics or {}), "history": _plain(history or []),
         "training": training or {}, "versions": _versions(), "state_dict": state, "half": half,
@@ -145,7 +146,9 @@ def load_checkpoint(path: str | os.PathLike, variant: str | None = None,
     if payload["variant"] not in VARIANTS:
         raise CheckpointError(f"{path} is for unknown variant {payload['variant']!r}")
     model = build_model(payload["variant"], num_classes=payload["num_classes"], width=payload["width"],
-                        batch_norm=payload.get("batch_norm", False), dropout=_dropout(payload))
+                        batch_norm=payload.get("batch_norm", False), dropout=_dropout(payload),
+                        # recorded since 2026-12-06; every net before learned none
+                        learn_final_upsampling=payload.get("learn_final_upsampling", False))
     state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
     try:
         model.load_state_dict(state)  # strict: every tensor, right shapes, or nothing

@@ -301,7 +301,8 @@ class FitConfig:
     def identity(self, model: FCN, train_images: int) -> dict:
         """What must be equal for a saved training state to belong to this run."""
         return {"variant": model.variant, "num_classes": model.num_classes, "width": float(model.width),
-                "train_images": train_images, "epochs": self.epochs, "batch_size": self.batch_size,
+                "learn_final_upsampling": model.learn_final_upsampling, "train_images": train_images,
+                "epochs": self.epochs, "batch_size": self.batch_size,
                 "lr": self.lr, "optimizer": self.optimizer, "momentum": self.momentum,
                 "weight_decay": self.weight_decay, "schedule": self.schedule, "seed": self.seed,
                 "max_steps": self.max_steps, "batch_by_size": self.batch_by_size}

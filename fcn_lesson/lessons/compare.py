@@ -154,11 +154,12 @@ def _upsampling_matrix(cells: int, stride: int) -> torch.Tensor:
 
 
 def best_at_stride(masks: torch.Tensor, num_classes: int, stride: int, steps: int = 100,
-                   lr: float = 1.0) -> torch.Tensor:
+                   lr: float = 1.0, upsampling: nn.Module | None = None) -> torch.Tensor:
     """What a net of output stride `stride` could draw at best: argmax class maps (N, H, W).
 
     Every FCN ends the same way: one score per class on a grid of cells `stride` pixels apart,
-    upsampled by the fixed bilinear kernel, argmax. Here that grid is not computed by any
+    upsampled (by the fixed bilinear kernel, or by `upsampling`, a net's own learned final
+    upsampler such as `model.upscore_final`), argmax. Here that grid is not computed by any
     network; it is optimised directly, image by image, against the true mask (Adam on the
     per-pixel cross-entropy, from zero scores), then each class's scores are offset by the
     constant that maximises mean IoU over all the images (`best_class_shift`, as the shipped
@@ -171,11 +172,19 @@ def best_at_stride(masks: torch.Tensor, num_classes: int, stride: int, steps: in
         raise ValueError(f"expected masks (N, H, W), got shape {tuple(masks.shape)}")
     height, width = masks.shape[-2:]
     rows, cols = (-(-n // 32) * 32 // stride for n in (height, width))
-    up_h = _upsampling_matrix(rows, stride)[:height]
-    up_w = _upsampling_matrix(cols, stride)[:width]
+    if upsampling is None:
+        up_h = _upsampling_matrix(rows, stride)[:height]
+        up_w = _upsampling_matrix(cols, stride)[:width]
 
-    def upsampled(grid):
-        return torch.einsum("yi,ncij,xj->ncyx", up_h, grid, up_w)
+        def upsampled(grid):
+            return torch.einsum("yi,ncij,xj->ncyx", up_h, grid, up_w)
+    else:
+        if upsampling.factor != stride:
+            raise ValueError(f"the upsampling given has factor {upsampling.factor}, not the stride {stride}")
+        upsampling = copy.deepcopy(upsampling).cpu().float().requires_grad_(False)
+
+        def upsampled(grid):
+            return upsampling(grid)[..., :height, :width]
 
     grid = torch.zeros(len(masks), num_classes, rows, cols, requires_grad=True)
     optimizer = torch.optim.Adam([grid], lr=lr)

@@ -1,9 +1,9 @@
 """Explain one pixel: split an FCN's prediction into the contributions of its skip streams.
 
 Everything after the backbone is linear: the 1x1 score layers end the non-linear part, then
-come the learned 2x transposed convolutions (`upscore2`, `upscore_pool4`), the sums, the fixed
-bilinear upsampler and the crop, none of them with a bias. So the logits of output pixel
-(row, col) are exactly a sum over the score maps' cells,
+come the learned 2x transposed convolutions (`upscore2`, `upscore_pool4`), the sums, the final
+upsampler (fixed bilinear, or learned) and the crop, none of them with a bias. So the logits of
+output pixel (row, col) are exactly a sum over the score maps' cells,
 
     logit[c] = sum over streams s, cells (i, j), classes c' of  W_s[c, c', i, j] * score_s[c', i, j],
 
@@ -12,8 +12,8 @@ score layers' biases live inside the score maps). `W_s` is what the upsamplers m
 on its way to the pixel: a (classes x classes) matrix, since the learned 2x layers may mix
 classes. It is non-zero only for the few cells near the pixel, the *feeding cells*.
 
-`explain_pixel` computes `W_s` from the upsamplers' own kernels: the fixed final upsampler's
-two taps per axis, then backwards through each learned 2x layer with its adjoint (a strided
+`explain_pixel` computes `W_s` from the upsamplers' own kernels: the final upsampler's two taps
+per axis, then backwards through each learned 2x layer with its adjoint (a strided
 convolution with the same kernel), on maps as small as the score maps. The contributions are
 `W_s` applied to the cached score maps, in float64: the backbone runs once per image, and a
 new pixel costs a few small convolutions. The tests check the sum against `model(image)` and
@@ -141,24 +141,26 @@ def _pixel_weights(model: FCN, sizes: dict[str, tuple[int, int]], row: int,
                    col: int) -> dict[str, torch.Tensor]:
     """stream -> (C_out, C_in, h, w) float64: d logit[c_out] at (row, col) / d score[c_in, i, j].
 
-    The final upsampler is fixed and per class: output pixel y (in the padded image; the crop
-    keeps the top-left corner, so coordinates do not move) gets the kernel tap y + p - i f from
-    fused cell i, for the two cells with 0 <= y + p - i f < 2f. The learned 2x layers are then
-    followed backwards with their adjoint, on maps as small as the score maps.
+    The final upsampler: output pixel y (in the padded image; the crop keeps the top-left
+    corner, so coordinates do not move) gets the kernel tap y + p - i f from fused cell i, for
+    the two cells with 0 <= y + p - i f < 2f. The fixed one is per class (a diagonal matrix); a
+    learned one may mix classes. The learned 2x layers are then followed backwards with their
+    adjoint, on maps as small as the score maps.
     """
     up = model.upscore_final
     f, pad = up.factor, up.factor // 2
-    kernel = up.weight.detach().cpu().double()[:, 0]  # (C, 2f, 2f), one kernel per class
+    kernel = up.weight.detach().cpu().double()  # (C in, C out, 2f, 2f); fixed: (C, 1, 2f, 2f)
+    if not up.learnable:
+        kernel = torch.diag_embed(kernel[:, 0].permute(1, 2, 0)).permute(2, 3, 0, 1)
     finest = STREAMS[model.skips]
     h, w = sizes[finest]
     classes = model.num_classes
     grad = torch.zeros(classes, classes, h, w, dtype=torch.float64)
     y, x = row + pad, col + pad
-    diagonal = torch.arange(classes)
     for i in (y // f - 1, y // f):
         for j in (x // f - 1, x // f):
             if 0 <= i < h and 0 <= j < w:
-                grad[diagonal, diagonal, i, j] = kernel[:, y - i * f, x - j * f]
+                grad[:, :, i, j] = kernel[:, :, y - i * f, x - j * f].T
     weights = {finest: grad}
     # Backwards through the fusion: a sum passes its weight to both terms unchanged.
     for up_name, coarser in (("upscore_pool4", "score_pool4"), ("upscore2", "score_fr"))[2 - model.skips:]:

@@ -35,6 +35,25 @@ def test_parameter_counts_match_the_paper(cls, expected):
     assert sum(p.numel() for p in model.parameters()) == expected
 
 
+@pytest.mark.parametrize("cls", VARIANTS)
+def test_a_learned_final_upsampling_starts_as_the_fixed_bilinear_one(cls):
+    # The paper keeps the final upsampling fixed (Sec. 4.3); learned, it is a full
+    # (classes x classes) kernel like upscore2's that starts bilinear, so it first computes
+    # exactly what the fixed net does, and training only adds the C*C*(2s)^2 weights.
+    torch.manual_seed(0)
+    learned = cls(num_classes=5, width=1 / 32, learn_final_upsampling=True).eval()
+    fixed = cls(num_classes=5, width=1 / 32).eval()
+    for layer in (learned.score_fr, learned.last_score_layer):
+        torch.nn.init.normal_(layer.weight, std=0.1)
+    fixed.load_state_dict({**fixed.state_dict(), **{k: v for k, v in learned.state_dict().items()
+                                                     if not k.startswith("upscore_final")}})
+    x = torch.rand(2, 3, 47, 65)
+    with torch.no_grad():
+        torch.testing.assert_close(learned(x), fixed(x), rtol=0, atol=1e-6)
+    extra = sum(p.numel() for p in learned.parameters()) - sum(p.numel() for p in fixed.parameters())
+    assert extra == 5 * 5 * (2 * learned.output_stride) ** 2
+
+
 def test_layer_names_follow_the_paper():
     names = dict(FCN8s(num_classes=3, width=1 / 32).named_modules())
     for name in ["backbone.to_pool3.0.conv1_1", "backbone.to_pool5.conv5_3", "backbone.head.fc6",

@@ -1,6 +1,8 @@
 """Per-class score offsets tuned for mean IoU (fcn_lesson.engine.calibrate) and the
 `tune-shift` command that writes them into a checkpoint."""
 
+import copy
+
 import pytest
 import torch
 
@@ -57,6 +59,25 @@ def test_tuning_undoes_a_known_handicap_and_the_folded_net_scores_what_the_searc
     assert result["shift"][BAR] >= 2.0 and result["shift"][0] == 0
     assert result["mean_iou_after"] > result["mean_iou_before"] + 0.05
     assert evaluate(model, held_out)["mean_iou"] == pytest.approx(result["mean_iou_before"], abs=1e-9)
+    model.shift_class_scores(result["shift"])
+    assert evaluate(model, held_out)["mean_iou"] == pytest.approx(result["mean_iou_after"], abs=1e-9)
+
+
+def test_with_a_learned_final_upsampling_the_folded_net_scores_what_the_search_said(held_out):
+    """A learned final upsampling may mix classes, so one class's offset reaches the other
+    classes' scores too; the search must count that, or the folded net scores something else."""
+    torch.manual_seed(0)
+    model = FCN8s(**TINY, learn_final_upsampling=True).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        model.last_score_layer.bias[BAR] -= 3.0
+    x = held_out[0][0][None]
+    with torch.no_grad():
+        moved = copy.deepcopy(model).shift_class_scores(torch.eye(6)[BAR])(x) - model(x)
+    assert moved[0, 1].abs().max() > 0.05  # the bar's offset moves the disk's scores too
+    result = tune_class_shift(model, held_out)
+    assert result["mean_iou_after"] > result["mean_iou_before"]
     model.shift_class_scores(result["shift"])
     assert evaluate(model, held_out)["mean_iou"] == pytest.approx(result["mean_iou_after"], abs=1e-9)
 

@@ -116,6 +116,23 @@ def test_checkpoint_loads_with_the_dropout_its_net_was_trained_with(tmp_path):
     assert load_classroom_model("fcn8s").backbone.head.drop6.p == 0.0
 
 
+def test_checkpoint_loads_a_learned_final_upsampling_as_it_was_trained(tmp_path):
+    torch.manual_seed(0)
+    model = FCN8s(**TINY, learn_final_upsampling=True).eval()
+    with torch.no_grad():
+        model.upscore_final.weight.add_(0.1 * torch.randn_like(model.upscore_final.weight))
+    loaded, meta = load_checkpoint(save_checkpoint(tmp_path / "learned.pt", model))
+    assert meta["learn_final_upsampling"] and loaded.upscore_final.learnable
+    x = torch.rand(1, 3, 40, 56)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    # files written before it was recorded learned none
+    payload = torch.load(save_checkpoint(tmp_path / "fixed.pt", FCN8s(**TINY)), weights_only=True)
+    del payload["learn_final_upsampling"]
+    torch.save(payload, tmp_path / "old.pt")
+    assert not load_checkpoint(tmp_path / "old.pt")[0].upscore_final.learnable
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"variant": "fcn8s"}, "holds a fcn16s"),
     ({"num_classes": 21}, "num_classes=21"),

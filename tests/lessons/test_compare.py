@@ -9,7 +9,7 @@ from torch import nn
 
 from fcn_lesson.classroom import make_classroom_model
 from fcn_lesson.core.models import FCN32s
-from fcn_lesson.core.upsample import bilinear_upsample
+from fcn_lesson.core.upsample import BilinearUpsample, bilinear_upsample
 from fcn_lesson.datasets.shapes import ShapesDataset
 from fcn_lesson.engine.loop import evaluate, predict
 from fcn_lesson.engine.metrics import accuracy_by_boundary_distance, confusion_matrix, segmentation_scores
@@ -258,12 +258,30 @@ def test_no_trained_net_beats_the_best_its_stride_can_draw():
     for variant in ("fcn32s", "fcn16s", "fcn8s"):
         model = load_classroom_model(variant)
         best[variant] = segmentation_scores(confusion_matrix(
-            best_at_stride(masks, model.num_classes, model.output_stride), masks, model.num_classes))
+            best_at_stride(masks, model.num_classes, model.output_stride,
+                           upsampling=model.upscore_final), masks, model.num_classes))
         trained[variant] = segmentation_scores(confusion_matrix(
             predict(model, images), masks, model.num_classes))
         for metric in ("pixel_acc", "mean_iou"):
             assert trained[variant][metric] < best[variant][metric], (variant, metric)
     assert best["fcn32s"]["mean_iou"] < best["fcn16s"]["mean_iou"] < best["fcn8s"]["mean_iou"] < 1
+
+
+def test_best_at_stride_with_a_net_s_own_upsampling():
+    # The fixed upsampler as a module draws what the fixed matrix path draws; a learned one
+    # (here: the bilinear start plus noise, mixing classes) is used as given.
+    torch.manual_seed(0)
+    masks = bilinear_upsample(4 * torch.randn(2, 5, 8, 8), 8)[..., :60, :60].argmax(1)
+    fixed = best_at_stride(masks, 5, 8)
+    assert (best_at_stride(masks, 5, 8, upsampling=BilinearUpsample(5, 8)) == fixed).double().mean() > 0.99
+    learned = BilinearUpsample(5, 8, learnable=True)
+    with torch.no_grad():
+        learned.weight.add_(0.2 * torch.randn_like(learned.weight))
+    drawn = best_at_stride(masks, 5, 8, upsampling=learned)
+    assert drawn.shape == masks.shape and not torch.equal(drawn, fixed)
+    assert learned.weight.requires_grad  # the caller's layer is left as it was
+    with pytest.raises(ValueError, match="factor 8, not the stride 16"):
+        best_at_stride(masks, 5, 16, upsampling=learned)
 
 
 def test_best_at_stride_wants_a_batch_of_masks():

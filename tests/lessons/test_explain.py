@@ -5,6 +5,7 @@ import torch
 from support import scored_classroom_model
 
 from fcn_lesson import explain_pixel
+from fcn_lesson.core.upsample import BilinearUpsample
 from fcn_lesson.lessons.explain import (
     STREAMS,
     deciding_stream,
@@ -19,12 +20,17 @@ HEIGHT, WIDTH = 75, 101  # not multiples of 32: the maps cover a padded 96 x 128
 PIXELS = [(0, 0), (HEIGHT - 1, WIDTH - 1), (37, 50), (HEIGHT - 1, 3), (4, WIDTH - 2), (40, 97)]
 
 
-def _model(variant: str, seed: int = 0):
+def _model(variant: str, seed: int = 0, learn_final_upsampling: bool = False):
     """Random score layers, and learned upsamplers that mix classes (off the diagonal), as
-    trained ones do: every path of the linear part is exercised."""
+    trained ones do: every path of the linear part is exercised. With learn_final_upsampling,
+    the final upsampler too (as the shipped FCN-8s's)."""
     model = scored_classroom_model(variant, seed)
+    names = ["upscore2", "upscore_pool4"]
+    if learn_final_upsampling:
+        model.upscore_final = BilinearUpsample(model.num_classes, model.output_stride, learnable=True)
+        names.append("upscore_final")
     with torch.no_grad():
-        for name in ("upscore2", "upscore_pool4"):
+        for name in names:
             if hasattr(model, name):
                 getattr(model, name).weight.add_(0.1 * torch.randn_like(getattr(model, name).weight))
     return model
@@ -35,9 +41,10 @@ def image():
     return torch.rand(3, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(1))
 
 
-@pytest.mark.parametrize("variant, streams", [("fcn32s", 1), ("fcn16s", 2), ("fcn8s", 3)])
-def test_contributions_sum_to_the_logits_at_an_odd_size(variant, streams, image):
-    model = _model(variant)
+@pytest.mark.parametrize("variant, streams, learned", [("fcn32s", 1, False), ("fcn16s", 2, False),
+                                                      ("fcn8s", 3, False), ("fcn8s", 3, True)])
+def test_contributions_sum_to_the_logits_at_an_odd_size(variant, streams, learned, image):
+    model = _model(variant, learn_final_upsampling=learned)
     with torch.no_grad():
         out = model(image[None])[0]
     maps = score_maps(model, image)
