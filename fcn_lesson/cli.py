@@ -1,5 +1,6 @@
 """Command line: python -m fcn_lesson COMMAND --help, for the commands train-classifier, train,
-transfer-experiment, retrain (the in-class chain), tune-shift, evaluate and predict.
+transfer-experiment, retrain (the in-class chain), learn-upsampling, tune-shift, evaluate and
+predict.
 
 The benchmark lives outside the lesson: `python -m benchmarks --help` from the repository.
 
@@ -27,6 +28,7 @@ EPILOG = """examples (classroom shapes, offline; the shipped checkpoints' recipe
   python -m fcn_lesson train --variant fcn32s --init data/classifier.pt --out checkpoints/fcn32s.pt
   python -m fcn_lesson train --variant fcn16s --init checkpoints/fcn32s.pt --out checkpoints/fcn16s.pt
   python -m fcn_lesson tune-shift --checkpoint checkpoints/fcn16s.pt --out checkpoints/fcn16s_tuned.pt
+  python -m fcn_lesson learn-upsampling --checkpoint checkpoints/fcn8s.pt --out checkpoints/fcn8s_up.pt
   python -m fcn_lesson evaluate --checkpoint data/fcn8s.pt --image-size 150
   python -m fcn_lesson predict photo.png --variant fcn8s --out photo_mask.png
 
@@ -182,9 +184,10 @@ def _train_on(args, device) -> int:
             clf, _ = load_classifier(args.init)
         else:
             init, _ = load_checkpoint(args.init)
-            if init.skips >= VARIANTS[args.variant].skips:
-                print(f"error: --init must be a coarser net than {args.variant} "
-                      f"(fcn32s -> fcn16s -> fcn8s), {args.init} holds a {init.variant}", file=sys.stderr)
+            if init.skips > VARIANTS[args.variant].skips:
+                print(f"error: --init must be a coarser net than {args.variant} (fcn32s -> fcn16s -> "
+                      f"fcn8s) or another {args.variant}, {args.init} holds a {init.variant}",
+                      file=sys.stderr)
                 return 2
 
     def make_model():
@@ -353,6 +356,45 @@ def _retrain(args) -> int:
         print(f"{s['variant']}: {s['seconds']:.0f} s, mean IoU {s['mean_iou_128']:.3f} on "
               f"{args.eval_images} fresh 128-px images ({s['checkpoint']})")
     print(f"the whole chain trained in {result['train_seconds'] / 60:.1f} min")
+    return 0
+
+
+# --- learn-upsampling ------------------------------------------------------------------
+
+def _learn_upsampling(args) -> int:
+    import torch
+
+    from fcn_lesson.datasets.shapes import ShapesDataset
+    from fcn_lesson.engine.calibrate import learn_final_upsampling
+    from fcn_lesson.engine.checkpoint import load_checkpoint, save_checkpoint
+    from fcn_lesson.engine.loop import evaluate
+
+    model, meta = load_checkpoint(args.checkpoint, device="cpu")
+    if meta.get("dataset", {}).get("name", "shapes") != "shapes":
+        raise ValueError(f"{args.checkpoint} was trained on {meta['dataset']['name']}; "
+                         "learn-upsampling trains on classroom shapes images only")
+    if classroom.EVAL_SEED in (args.seed, args.val_seed):
+        raise ValueError(f"seed {classroom.EVAL_SEED} is the evaluation seed (tests and notebooks score "
+                         "on it); train and validate on others, e.g. the defaults")
+    if "class_shift" in meta:  # tuned for the old upsampling: back to the net as trained
+        model.shift_class_scores(-torch.tensor(meta["class_shift"]["shift"]))
+    torch.manual_seed(args.seed)
+    data = ShapesDataset(args.train_images, args.image_size, seed=args.seed, photo=args.photo)
+    val = ShapesDataset(args.val_images, args.image_size, seed=args.val_seed)
+    start = time.perf_counter()
+    learned = learn_final_upsampling(model, data, steps=args.steps, batch_size=16, lr=args.lr,
+                                     seed=args.seed, progress=True)
+    seconds = time.perf_counter() - start
+    before, after = evaluate(model, val)["mean_iou"], evaluate(learned, val)["mean_iou"]
+    record = {"data": repr(data), "steps": args.steps, "batch_size": 16, "lr": args.lr,
+              "seconds": round(seconds, 1), "val": repr(val), "mean_iou_before": before,
+              "mean_iou_after": after, "command": "python -m fcn_lesson " + " ".join(sys.argv[1:])}
+    keep = {k: meta[k] for k in ("classes", "dataset", "metrics", "history", "training") if k in meta}
+    save_checkpoint(args.out, learned, half=meta["half"], final_upsampling=record, **keep)
+    print(f"learned upscore_final ({learned.upscore_final.weight.numel():,} weights) in {seconds:.0f} s")
+    print(f"mean IoU on {val!r}: {before:.4f} -> {after:.4f}"
+          + (" (score offsets taken off; tune them again with tune-shift)" if "class_shift" in meta else ""))
+    print(f"wrote {args.out}")
     return 0
 
 
@@ -675,6 +717,29 @@ def _add_retrain(sub) -> None:
     r.set_defaults(func=_retrain)
 
 
+def _add_learn_upsampling(sub) -> None:
+    """`learn-upsampling`: a trained net's final upsampling learned, the rest frozen."""
+    u = sub.add_parser("learn-upsampling", formatter_class=_HelpFormatter,
+                       help="learn a trained net's final upsampling, everything else frozen",
+                       description="The paper keeps the final upsampling fixed to bilinear (Sec. 4.3) "
+                                   "though it 'can be learned' (Sec. 3.3). This learns it for a "
+                                   "trained checkpoint: its last score map is computed once per "
+                                   "training image and only the upsampling kernel trains "
+                                   "(fcn_lesson.engine.calibrate). Recorded score offsets are taken "
+                                   "off first; run tune-shift on the result.")
+    u.add_argument("--checkpoint", required=True, help="the trained checkpoint")
+    u.add_argument("--out", required=True, help="where to write the result (may be the same file)")
+    u.add_argument("--train-images", type=int, default=2000, help="training images (seed --seed)")
+    u.add_argument("--photo", type=float, default=0.3, help="share of photo-style training images")
+    u.add_argument("--steps", type=int, default=1500, help="Adam steps of 16 images, cosine decay")
+    u.add_argument("--lr", type=float, default=3e-3)
+    u.add_argument("--image-size", type=int, default=classroom.IMAGE_SIZE)
+    u.add_argument("--val-images", type=int, default=200, help="validation images, scored before and after")
+    u.add_argument("--seed", type=int, default=classroom.TRAIN_SEED, help="training data seed")
+    u.add_argument("--val-seed", type=int, default=classroom.VAL_SEED, help="validation data seed")
+    u.set_defaults(func=_learn_upsampling)
+
+
 def _add_tune_shift(sub) -> None:
     """`tune-shift`: per-class score offsets for mean IoU, after training."""
     t = sub.add_parser("tune-shift", formatter_class=_HelpFormatter,
@@ -732,7 +797,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     for add in (_add_train, _add_train_classifier, _add_transfer_experiment, _add_retrain,
-                _add_tune_shift, _add_evaluate_and_predict):
+                _add_learn_upsampling, _add_tune_shift, _add_evaluate_and_predict):
         add(sub)
     return parser
 

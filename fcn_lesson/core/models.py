@@ -157,7 +157,9 @@ class FCN(nn.Module):
     def init_from(self, coarser: "FCN") -> "FCN":
         """Stage-wise initialisation (paper, Sec. 4.2): copy every layer `coarser` shares with
         this net (backbone, score_fr, and upscore2 / score_pool4 going 16s -> 8s); the new
-        skip's score layer stays zero, so at first this net predicts what `coarser` does."""
+        skip's score layer stays zero, so at first this net predicts what `coarser` does.
+        `coarser` may also be the same variant, to train a net further: then everything is
+        copied, except a fixed final upsampling into a learned one, which starts bilinear."""
         mine = (self.num_classes, self.width, self.batch_norm)
         if (coarser.num_classes, coarser.width, coarser.batch_norm) != mine:
             raise ValueError(
@@ -165,12 +167,13 @@ class FCN(nn.Module):
                 f"{self.width}, batch_norm={self.batch_norm}) from a {coarser.variant} with "
                 f"num_classes={coarser.num_classes}, width={coarser.width}, "
                 f"batch_norm={coarser.batch_norm}")
-        if coarser.skips >= self.skips:
-            raise ValueError(f"{self.variant} is initialised from a coarser net, not {coarser.variant}")
+        if coarser.skips > self.skips:
+            raise ValueError(f"{self.variant} is initialised from a coarser net (or another "
+                             f"{self.variant}), not {coarser.variant}")
         own = self.state_dict()
-        # The final upsampling is not shared: it has another factor (it starts bilinear).
-        shared = {k: v for k, v in coarser.state_dict().items()
-                  if k in own and not k.startswith("upscore_final")}
+        # A coarser net's final upsampling has another factor, a fixed one another shape than
+        # a learned one: only tensors of the same name and shape are shared.
+        shared = {k: v for k, v in coarser.state_dict().items() if k in own and v.shape == own[k].shape}
         own.update(shared)
         self.load_state_dict(own)
         return self

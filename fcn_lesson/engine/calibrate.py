@@ -1,4 +1,5 @@
-"""Tune each class's score offset for mean IoU, after training.
+"""Two steps after training, each on the trained net frozen: tune each class's score offset for
+mean IoU, and learn the final upsampling.
 
 Cross-entropy counts pixels; mean IoU counts classes. A class with few pixels (the classroom's
 thin bars and ring outlines) weighs little in the training loss but a sixth of the mean IoU, so
@@ -12,15 +13,24 @@ This is post-hoc logit adjustment (Menon et al., "Long-tail learning via logit a
 ICLR 2021, adjust scores by class after training); here the offsets are searched to maximise
 the metric directly, a small coordinate search over num_classes - 1 numbers (class 0 is the
 reference: only differences between scores change the argmax).
+
+The paper upsamples the last score map to the image with a fixed bilinear kernel (Sec. 4.3, as its
+reference code does), while noting that such a filter "need not be fixed (e.g., to bilinear
+upsampling), but can be learned" (Sec. 3.3). `learn_final_upsampling` learns it for a trained net:
+with everything before it frozen, the last score map of each image is the same whatever the
+upsampling does, so it is computed once, and only the (C, C, 2s, 2s) kernel trains, in seconds on
+a CPU. Then tune the offsets again: the old ones were chosen for the old upsampling.
 """
 
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from fcn_lesson.core.models import FCN
-from fcn_lesson.engine.loop import data_loader
+from fcn_lesson.core.models import FCN, build_model
+from fcn_lesson.datasets.common import IGNORE_INDEX
+from fcn_lesson.engine.loop import adam_cosine_steps, data_loader
 from fcn_lesson.engine.metrics import confusion_matrix, segmentation_scores
 
 # Coordinate steps, largest first: a score offset of a few units moves whole objects, the
@@ -104,12 +114,50 @@ def tune_class_shift(model: FCN, data: Dataset, batch_size: int = 16,
     Returns {"shift": (C,) tensor, "mean_iou_before", "mean_iou_after"}; apply the
     shift with `model.shift_class_scores(result["shift"])`. `model` is not changed.
     """
-    if len(data) == 0:
-        raise ValueError("no images to tune on: pass a dataset with at least one image")
-    sizes = {tuple(data[k][0].shape[-2:]) for k in range(min(len(data), 8))}
-    if len(sizes) > 1:
-        raise ValueError(f"tune_class_shift needs images of one size, got {sorted(sizes)}; "
-                         "tune on e.g. ShapesDataset(200, 128, seed=...)")
+    _check_one_size(data, "tune_class_shift", "ShapesDataset(200, 128, seed=...)")
     logits, masks, response = _scores_and_response(model, data, batch_size)
     shift, before, after = best_class_shift(logits, masks, response, steps)
     return {"shift": shift, "mean_iou_before": before, "mean_iou_after": after}
+
+
+def _check_one_size(data: Dataset, what: str, example: str) -> None:
+    if len(data) == 0:
+        raise ValueError(f"{what} got no images: pass a dataset with at least one image")
+    sizes = {tuple(data[k][0].shape[-2:]) for k in range(min(len(data), 8))}
+    if len(sizes) > 1:
+        raise ValueError(f"{what} needs images of one size, got {sorted(sizes)}; use e.g. {example}")
+
+
+def learn_final_upsampling(model: FCN, data: Dataset, steps: int = 1500, batch_size: int = 16,
+                           lr: float = 3e-3, seed: int = 0, progress: bool = False) -> FCN:
+    """A copy of `model` whose final upsampling is learned: a full (classes x classes) kernel,
+    starting from the model's own (bilinear, for a net trained the paper's way), trained on `data`
+    (images of one size) with everything else frozen: Adam with cosine decay from `lr`, `steps`
+    batches of `batch_size` drawn at random (`seed`), per-pixel cross-entropy. The last score map
+    of every image is computed once, so a step costs one transposed convolution. Returns the copy
+    in eval mode; `model` is not changed."""
+    _check_one_size(data, "learn_final_upsampling", "ShapesDataset(2000, 128, seed=0)")
+    model.eval()
+    device = next(model.parameters()).device
+    last = ("score_fr", "fuse_pool4", "fuse_pool3")[model.skips]  # the map the upsampling reads
+    maps, masks = [], []
+    with torch.no_grad():
+        for images, target in data_loader(data, batch_size, shuffle=False, seed=0):
+            maps.append(model.forward_maps(images.to(device))[last])
+            masks.append(target.to(device))
+    maps, masks = torch.cat(maps), torch.cat(masks)
+    height, width = masks.shape[-2:]
+    learned = build_model(model.variant, num_classes=model.num_classes, width=model.width,
+                          dropout=model.backbone.head.drop6.p, batch_norm=model.batch_norm,
+                          learn_final_upsampling=True)
+    state = learned.state_dict()
+    state.update({k: v for k, v in model.state_dict().items()
+                  if model.learn_final_upsampling or not k.startswith("upscore_final")})
+    learned.load_state_dict(state)
+    learned.to(device).eval()
+    up = learned.upscore_final
+    picks = torch.randint(len(maps), (steps, batch_size), generator=torch.Generator().manual_seed(seed))
+    adam_cosine_steps(up.parameters(), picks, lr=lr, progress=progress, desc="upscore_final",
+                      loss_of=lambda i: F.cross_entropy(up(maps[i])[..., :height, :width], masks[i],
+                                                        ignore_index=IGNORE_INDEX))
+    return learned

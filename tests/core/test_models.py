@@ -164,6 +164,24 @@ def test_stagewise_init_starts_from_the_coarser_prediction():
         FCN16s(num_classes=4, width=1 / 16).init_from(fcn8)
 
 
+@torch.no_grad()
+def test_init_from_the_same_variant_trains_a_net_further():
+    # Everything is copied; a fixed final upsampling into a learned one starts bilinear, so
+    # the net computes what it did; a learned one is copied as it is.
+    torch.manual_seed(0)
+    fixed = FCN8s(num_classes=4, width=1 / 16, dropout=0.0).eval()
+    for layer in (fixed.score_fr, fixed.score_pool4, fixed.score_pool3):
+        torch.nn.init.normal_(layer.weight, std=0.1)
+    learned = FCN8s(num_classes=4, width=1 / 16, dropout=0.0, learn_final_upsampling=True)
+    learned.init_from(fixed).eval()
+    x = torch.rand(1, 3, 64, 96)
+    torch.testing.assert_close(learned(x), fixed(x), rtol=0, atol=1e-6)
+    learned.upscore_final.weight.add_(0.1 * torch.randn_like(learned.upscore_final.weight))
+    again = FCN8s(num_classes=4, width=1 / 16, dropout=0.0, learn_final_upsampling=True)
+    again.init_from(learned).eval()
+    assert torch.equal(again(x), learned(x))
+
+
 @pytest.mark.parametrize("cls", [FCN32s, FCN8s])
 def test_weights_are_channels_last_and_compute_the_same(cls):
     # Channels-last weights are a speed choice only: every convolution weight is stored that

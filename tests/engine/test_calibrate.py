@@ -10,7 +10,7 @@ from fcn_lesson import FCN8s, FCN16s, FCN32s, classroom
 from fcn_lesson.classroom import load_classroom_model
 from fcn_lesson.cli import main
 from fcn_lesson.datasets.shapes import ShapesDataset
-from fcn_lesson.engine.calibrate import best_class_shift, tune_class_shift
+from fcn_lesson.engine.calibrate import best_class_shift, learn_final_upsampling, tune_class_shift
 from fcn_lesson.engine.checkpoint import read_checkpoint, read_meta, save_checkpoint
 from fcn_lesson.engine.loop import evaluate
 
@@ -80,6 +80,55 @@ def test_with_a_learned_final_upsampling_the_folded_net_scores_what_the_search_s
     assert result["mean_iou_after"] > result["mean_iou_before"]
     model.shift_class_scores(result["shift"])
     assert evaluate(model, held_out)["mean_iou"] == pytest.approx(result["mean_iou_after"], abs=1e-9)
+
+
+def test_learning_the_final_upsampling_draws_what_bilinear_cannot():
+    """Masks drawn from the net's own stride-8 scores with nearest-neighbour (blocky) upsampling:
+    the bilinear kernel rounds their corners, a learned kernel gets closer. Nothing else moves,
+    and the net given is left as it was."""
+    torch.manual_seed(0)
+    model = FCN8s(**TINY).eval()
+    for layer in (model.score_fr, model.score_pool4, model.score_pool3):
+        torch.nn.init.normal_(layer.weight, std=0.3)
+    images = torch.rand(48, 3, 64, 64)
+    with torch.no_grad():
+        fuse_pool3 = model.forward_maps(images)["fuse_pool3"]
+        masks = torch.nn.functional.interpolate(fuse_pool3, scale_factor=8).argmax(1)
+        before = (model(images).argmax(1) == masks).double().mean().item()
+    data = torch.utils.data.TensorDataset(images, masks)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    learned = learn_final_upsampling(model, data, steps=150, batch_size=8, lr=1e-2)
+    with torch.no_grad():
+        after = (learned(images).argmax(1) == masks).double().mean().item()
+    assert after > before + 0.02, (before, after)
+    assert learned.learn_final_upsampling and not model.learn_final_upsampling and not learned.training
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())  # model unchanged
+    moved = {k for k, v in learned.state_dict().items()
+             if k in state and k != "upscore_final.weight" and not torch.equal(v, state[k])}
+    assert moved == set()  # every other tensor as it was: only the final upsampling learned
+    with pytest.raises(ValueError, match="images of one size"):
+        learn_final_upsampling(model, torch.utils.data.ConcatDataset(
+            [ShapesDataset(2, 64, seed=3), ShapesDataset(2, 96, seed=3)]))
+
+
+def test_the_learn_upsampling_command_takes_the_offsets_off_and_records_what_it_did(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = FCN8s(**TINY)
+    model.shift_class_scores(torch.tensor([0.0, 1.0, 0.0, 0.0, 0.0, 2.0]))
+    path = tmp_path / "fcn8s.pt"
+    save_checkpoint(path, model, classes=ShapesDataset.classes, dataset={"name": "shapes"},
+                    class_shift={"shift": [0.0, 1.0, 0.0, 0.0, 0.0, 2.0]})
+    out = tmp_path / "learned.pt"
+    assert main(["learn-upsampling", "--checkpoint", str(path), "--out", str(out), "--train-images", "8",
+                 "--steps", "3", "--val-images", "4", "--image-size", "64"]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    meta = read_meta(out)
+    assert meta["learn_final_upsampling"] and "class_shift" not in meta
+    assert meta["final_upsampling"]["steps"] == 3 and "seed=0" in meta["final_upsampling"]["data"]
+    assert torch.all(read_checkpoint(out)["state_dict"]["score_pool3.bias"] == 0)  # offsets taken off
+    assert main(["learn-upsampling", "--checkpoint", str(path), "--out", str(out),
+                 "--val-seed", str(classroom.EVAL_SEED)]) == 2
+    assert "evaluation seed" in capsys.readouterr().err
 
 
 def test_tuning_refuses_images_of_several_sizes_and_no_images():
