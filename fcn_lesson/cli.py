@@ -183,7 +183,7 @@ def _train_on(args, device) -> int:
         elif is_classifier_checkpoint(args.init):  # the paper's transfer, from the classroom classifier
             clf, _ = load_classifier(args.init)
         else:
-            init, _ = load_checkpoint(args.init)
+            init, init_meta = load_checkpoint(args.init)
             if init.skips > VARIANTS[args.variant].skips:
                 print(f"error: --init must be a coarser net than {args.variant} (fcn32s -> fcn16s -> "
                       f"fcn8s) or another {args.variant}, {args.init} holds a {init.variant}",
@@ -204,6 +204,9 @@ def _train_on(args, device) -> int:
             "training": {"init": args.init or "scratch", "processes": distributed.world_size(),
                          "command": "python -m fcn_lesson " + " ".join(sys.argv[1:])},
             "half": args.half}
+    if init is not None and init.variant == args.variant:  # trained further: keep how it was made
+        meta["training"]["continued_from"] = {k: init_meta[k] for k in ("training", "final_upsampling")
+                                              if k in init_meta}
     start = time.perf_counter()
     model, meta = train_or_load(
         out, make_model, train, val, retrain=True, checkpoint_meta=meta, epochs=args.epochs,

@@ -78,7 +78,8 @@ def test_the_shipped_fcn8s_learned_its_final_upsampling(scores):
     from fcn_lesson.core.upsample import BilinearUpsample
 
     model = load_classroom_model("fcn8s", device="cpu")
-    assert model.learn_final_upsampling and read_meta(classroom.checkpoint_path("fcn8s"))["learn_final_upsampling"]
+    assert model.learn_final_upsampling
+    assert read_meta(classroom.checkpoint_path("fcn8s"))["learn_final_upsampling"]
     model.upscore_final = BilinearUpsample(model.num_classes, 8)
     bilinear = evaluate(model, validation_set(100, 128))["mean_iou"]
     assert bilinear < scores["fcn8s", 128]["mean_iou"] - 0.01

@@ -170,6 +170,18 @@ def read_meta(path: str | os.PathLike) -> dict:
 CLASSIFIER_VARIANT = "vgg16_classifier"
 
 
+def training_seconds(meta: dict) -> float:
+    """Seconds of training that made a checkpoint (its `read_meta`): its own run's, plus those of
+    the run it was trained further from (`training["continued_from"]`, recorded by `train --init`
+    with a net of the same variant) and of a learned final upsampling (`learn-upsampling`)."""
+    total = meta.get("training", {}).get("seconds", float("nan"))
+    if "final_upsampling" in meta:
+        total += meta["final_upsampling"]["seconds"]
+    if "continued_from" in meta.get("training", {}):
+        total += training_seconds(meta["training"]["continued_from"])
+    return total
+
+
 def save_classifier(path: str | os.PathLike, model, *, classes=None, dataset: dict | None = None,
                     metrics: dict | None = None, history: list | None = None,
                     training: dict | None = None, half: bool = False) -> Path:

@@ -8,7 +8,7 @@ from PIL import Image
 from fcn_lesson import FCN8s, FCN16s, FCN32s
 from fcn_lesson.cli import main
 from fcn_lesson.datasets.shapes import PALETTE, ShapesDataset
-from fcn_lesson.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from fcn_lesson.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, training_seconds
 from fcn_lesson.engine.loop import (
     CPU_PIXELS_PER_PASS,
     epoch_summary,
@@ -131,6 +131,14 @@ def test_checkpoint_loads_a_learned_final_upsampling_as_it_was_trained(tmp_path)
     del payload["learn_final_upsampling"]
     torch.save(payload, tmp_path / "old.pt")
     assert not load_checkpoint(tmp_path / "old.pt")[0].upscore_final.learnable
+
+
+def test_training_seconds_add_up_a_chain_of_runs():
+    first = {"training": {"seconds": 100.0}}
+    learned = {"training": first["training"], "final_upsampling": {"seconds": 5.0}}
+    further = {"training": {"seconds": 20.0, "continued_from": learned}}
+    assert training_seconds(first) == 100.0 and training_seconds(further) == 125.0
+    assert math.isnan(training_seconds({}))
 
 
 @pytest.mark.parametrize("kwargs, match", [
