@@ -81,8 +81,8 @@ class FCN(nn.Module):
             self.score_pool3 = _zero_conv(ch["pool3"], num_classes)
         self.output_stride = 32 >> self.skips
         # Fixed bilinear as in the reference implementation, or learned from bilinear: a full
-        # (classes x classes) weight like upscore2's. Learned, it can sharpen what bilinear
-        # interpolation blurs: the classroom FCN-8s's wrong pixels are mostly edge pixels.
+        # (classes x classes) weight like upscore2's, which may reshape the interpolation between
+        # score cells and mix classes (data/README.md measures what the classroom FCN-8s gains).
         self.upscore_final = BilinearUpsample(num_classes, self.output_stride,
                                               learnable=self.learn_final_upsampling)
         # Weights stored channels-last make every convolution run channels-last (oneDNN on CPU,

@@ -149,12 +149,7 @@ def learn_final_upsampling(model: FCN, data: Dataset, steps: int = 1500, batch_s
     height, width = masks.shape[-2:]
     learned = build_model(model.variant, num_classes=model.num_classes, width=model.width,
                           dropout=model.backbone.head.drop6.p, batch_norm=model.batch_norm,
-                          learn_final_upsampling=True)
-    state = learned.state_dict()
-    state.update({k: v for k, v in model.state_dict().items()
-                  if model.learn_final_upsampling or not k.startswith("upscore_final")})
-    learned.load_state_dict(state)
-    learned.to(device).eval()
+                          learn_final_upsampling=True).init_from(model).to(device).eval()
     up = learned.upscore_final
     picks = torch.randint(len(maps), (steps, batch_size), generator=torch.Generator().manual_seed(seed))
     adam_cosine_steps(up.parameters(), picks, lr=lr, progress=progress, desc="upscore_final",
