@@ -362,25 +362,47 @@ def _retrain(args) -> int:
     return 0
 
 
-# --- learn-upsampling ------------------------------------------------------------------
+# --- steps after training: learn-upsampling, tune-shift ---------------------------------
+
+# What a step after training carries over from the checkpoint it rewrites: how the net was made
+# (the step adds its own record).
+_MADE_BY = ("classes", "dataset", "metrics", "history", "training", "final_upsampling", "class_shift")
+
+
+def _trained_shapes_net(args, command: str, seeds: tuple[int, ...]):
+    """(model on the CPU, metadata) of `args.checkpoint`, refused unless it was trained on the
+    classroom shapes and none of `seeds` is the evaluation seed."""
+    from fcn_lesson.engine.checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(args.checkpoint, device="cpu")
+    if meta.get("dataset", {}).get("name", "shapes") != "shapes":
+        raise ValueError(f"{args.checkpoint} was trained on {meta['dataset']['name']}; {command} "
+                         "works on classroom shapes images only")
+    if classroom.EVAL_SEED in seeds:
+        raise ValueError(f"seed {classroom.EVAL_SEED} is the evaluation seed (tests and notebooks score "
+                         "on it); use held-out images the evaluation never sees, e.g. the defaults "
+                         f"(validation seed {classroom.VAL_SEED})")
+    return model, meta
+
+
+def _made_by(meta: dict, replaced: str) -> dict:
+    """The `_MADE_BY` records of `meta`, but `replaced`, which the step writes anew."""
+    return {k: meta[k] for k in _MADE_BY if k in meta and k != replaced}
+
+
 
 def _learn_upsampling(args) -> int:
     import torch
 
     from fcn_lesson.datasets.shapes import ShapesDataset
     from fcn_lesson.engine.calibrate import learn_final_upsampling
-    from fcn_lesson.engine.checkpoint import load_checkpoint, save_checkpoint
+    from fcn_lesson.engine.checkpoint import save_checkpoint
     from fcn_lesson.engine.loop import evaluate
 
-    model, meta = load_checkpoint(args.checkpoint, device="cpu")
-    if meta.get("dataset", {}).get("name", "shapes") != "shapes":
-        raise ValueError(f"{args.checkpoint} was trained on {meta['dataset']['name']}; "
-                         "learn-upsampling trains on classroom shapes images only")
-    if classroom.EVAL_SEED in (args.seed, args.val_seed):
-        raise ValueError(f"seed {classroom.EVAL_SEED} is the evaluation seed (tests and notebooks score "
-                         "on it); train and validate on others, e.g. the defaults")
-    if "class_shift" in meta:  # tuned for the old upsampling: back to the net as trained
-        model.shift_class_scores(-torch.tensor(meta["class_shift"]["shift"]))
+    model, meta = _trained_shapes_net(args, "learn-upsampling", (args.seed, args.val_seed))
+    shift = meta.pop("class_shift", None)
+    if shift is not None:  # tuned for the old upsampling: back to the net as trained
+        model.shift_class_scores(-torch.tensor(shift["shift"]))
     torch.manual_seed(args.seed)
     data = ShapesDataset(args.train_images, args.image_size, seed=args.seed, photo=args.photo)
     val = ShapesDataset(args.val_images, args.image_size, seed=args.val_seed)
@@ -392,30 +414,21 @@ def _learn_upsampling(args) -> int:
     record = {"data": repr(data), "steps": args.steps, "batch_size": 16, "lr": args.lr,
               "seconds": round(seconds, 1), "val": repr(val), "mean_iou_before": before,
               "mean_iou_after": after, "command": "python -m fcn_lesson " + " ".join(sys.argv[1:])}
-    keep = {k: meta[k] for k in ("classes", "dataset", "metrics", "history", "training") if k in meta}
-    save_checkpoint(args.out, learned, half=meta["half"], final_upsampling=record, **keep)
+    save_checkpoint(args.out, learned, half=meta["half"], final_upsampling=record,
+                    **_made_by(meta, "final_upsampling"))
     print(f"learned upscore_final ({learned.upscore_final.weight.numel():,} weights) in {seconds:.0f} s")
     print(f"mean IoU on {val!r}: {before:.4f} -> {after:.4f}"
-          + (" (score offsets taken off; tune them again with tune-shift)" if "class_shift" in meta else ""))
+          + (" (score offsets taken off; tune them again with tune-shift)" if shift is not None else ""))
     print(f"wrote {args.out}")
     return 0
 
 
-# --- tune-shift ------------------------------------------------------------------------
-
 def _tune_shift(args) -> int:
     from fcn_lesson.datasets.shapes import ShapesDataset
     from fcn_lesson.engine.calibrate import tune_class_shift
-    from fcn_lesson.engine.checkpoint import load_checkpoint, save_checkpoint
+    from fcn_lesson.engine.checkpoint import save_checkpoint
 
-    model, meta = load_checkpoint(args.checkpoint, device="cpu")
-    if meta.get("dataset", {}).get("name", "shapes") != "shapes":
-        raise ValueError(f"{args.checkpoint} was trained on {meta['dataset']['name']}; tune-shift "
-                         "tunes on classroom shapes images only")
-    if args.seed == classroom.EVAL_SEED:
-        raise ValueError(f"--seed {args.seed} is the evaluation seed (tests and notebooks score on "
-                         "it); tune on held-out images the evaluation never sees, e.g. the "
-                         f"validation seed {classroom.VAL_SEED}")
+    model, meta = _trained_shapes_net(args, "tune-shift", (args.seed,))
     data = ShapesDataset(args.images, args.image_size, seed=args.seed)
     result = tune_class_shift(model, data)
     model.shift_class_scores(result["shift"])
@@ -424,8 +437,7 @@ def _tune_shift(args) -> int:
               "data": repr(data), "mean_iou_before": result["mean_iou_before"],
               "mean_iou_after": result["mean_iou_after"],
               "command": "python -m fcn_lesson " + " ".join(sys.argv[1:])}
-    keep = {k: meta[k] for k in ("classes", "dataset", "metrics", "history", "training") if k in meta}
-    save_checkpoint(args.out, model, half=meta["half"], class_shift=record, **keep)
+    save_checkpoint(args.out, model, half=meta["half"], class_shift=record, **_made_by(meta, "class_shift"))
     classes = meta.get("classes") or [str(c) for c in range(model.num_classes)]
     print("score offsets per class: " + ", ".join(
         f"{c} {v:+.3f}" for c, v in zip(classes, result["shift"].tolist(), strict=True)))
